@@ -1,0 +1,25 @@
+"""Adapters: one module per method behind one registry (inject, train, merge, store compactly)."""
+
+from pipeline.adapters.registry import (
+    METHODS,
+    adapter_spec,
+    has_adapters,
+    inject,
+    is_mergeable,
+    load_trainable,
+    merge,
+    param_counts,
+    trainable_state,
+)
+
+__all__ = [
+    "METHODS",
+    "adapter_spec",
+    "has_adapters",
+    "inject",
+    "is_mergeable",
+    "load_trainable",
+    "merge",
+    "param_counts",
+    "trainable_state",
+]

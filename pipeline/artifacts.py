@@ -1,0 +1,56 @@
+"""Trained variants on disk: a compact adapter file beside a JSON that says how to rebuild it.
+
+`models/adapters/<variant>/adapter.safetensors` holds only what the method trained (adapters and
+head); `adapter.json` names the frozen backbone folder, the method and its options.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file
+from timm.models.vision_transformer import VisionTransformer
+
+from pipeline import PipelineError, adapters, models, paths
+from pipeline.io import read_json, save_tensors, write_json
+from pipeline.variants import Variant
+
+ADAPTER_FILE = "adapter.safetensors"
+ADAPTER_META = "adapter.json"
+
+
+def save_variant(folder: str | Path, model: torch.nn.Module, meta: dict[str, Any]) -> None:
+    folder = Path(folder)
+    save_tensors(folder / ADAPTER_FILE, adapters.trainable_state(model))
+    write_json(folder / ADAPTER_META, {**meta, **adapters.adapter_spec(model)})
+
+
+def load_variant(folder: str | Path) -> tuple[VisionTransformer, dict[str, Any]]:
+    """Rebuild a trained variant: frozen backbone + injected adapters + trained weights."""
+    folder = Path(folder)
+    if not (folder / ADAPTER_META).is_file():
+        raise PipelineError(f"{folder}: no trained variant there (run the train stage first)")
+    meta = read_json(folder / ADAPTER_META)
+    model = models.load_model(meta["backbone"], num_classes=meta["num_classes"])
+    adapters.inject(model, meta["method"], **meta["options"])
+    adapters.load_trainable(model, load_file(str(folder / ADAPTER_FILE)))
+    return model.eval(), meta
+
+
+def merges(variant: Variant) -> bool:
+    """Whether the merge stage makes a `-merged` form of this variant."""
+    return adapters.has_adapters(variant.method) and adapters.is_mergeable(variant.method)
+
+
+def deployables(variants: list[Variant]) -> list[str]:
+    """Every model the downstream stages handle: each variant, then each merged form."""
+    return [v.name for v in variants] + [v.merged_name for v in variants if merges(v)]
+
+
+def load_deployable(name: str) -> torch.nn.Module:
+    """A model by its deployable name: `<variant>` (with adapters) or `<variant>-merged`."""
+    if name.endswith("-merged"):
+        return models.load_model(paths.MERGED / name).eval()
+    return load_variant(paths.ADAPTERS / name)[0]

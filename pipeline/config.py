@@ -1,0 +1,232 @@
+"""Typed, validated parameters read from params.yaml.
+
+Every section is a dataclass; reading params checks every key and value, and a bad one raises
+ConfigError naming its dotted key, so a typo fails at once instead of deep inside a stage.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pipeline import PipelineError
+
+
+class ConfigError(PipelineError):
+    pass
+
+
+def _positive(v: float) -> str | None:
+    return None if v > 0 else "must be > 0"
+
+
+def _non_negative(v: float) -> str | None:
+    return None if v >= 0 else "must be >= 0"
+
+
+def _fraction(v: float) -> str | None:
+    return None if 0 <= v < 1 else "must be in [0, 1)"
+
+
+def _one_of(*choices: str):
+    def check(v: str) -> str | None:
+        return None if v in choices else f"must be one of {', '.join(choices)}"
+
+    return check
+
+
+def _check(fn, default=dataclasses.MISSING, **kw):
+    if default is not dataclasses.MISSING:
+        kw["default"] = default
+    return field(metadata={"check": fn}, **kw)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    source: str = _check(_one_of("digits", "vtab", "imagefolder"), "digits")
+    path: str | None = None  # the VTAB-1K task folder or the ImageFolder root
+    image_size: int = _check(_positive, 32)
+    train_size: int = _check(_positive, 800)
+    val_size: int = _check(_non_negative, 200)
+    split_seed: int = 0
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """The project-made source data (glyphs) and the recipe that pre-trains the backbones."""
+
+    num_classes: int = _check(_positive, 16)
+    samples_per_class: int = _check(_positive, 400)
+    val_fraction: float = _check(_fraction, 0.1)
+    epochs: int = _check(_positive, 4)
+    lr: float = _check(_positive, 1e-3)
+    weight_decay: float = _check(_non_negative, 0.05)
+    batch_size: int = _check(_positive, 128)
+
+
+@dataclass(frozen=True)
+class BackboneConfig:
+    arch: str
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    # "pretrain" (on the glyphs source data), "timm" (the arch's pretrained tag, from the hub),
+    # "none" (random init) or the path of a local checkpoint (.safetensors, .npz, .pth/.pt/.bin).
+    weights: str = "pretrain"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    variants: list[str] = field(default_factory=lambda: ["student-lora", "student-linear"])
+    epochs: int = _check(_positive, 10)
+    batch_size: int = _check(_positive, 64)
+    lr: float = _check(_positive, 1e-2)
+    # Per-method learning rates where one recipe does not fit all (a linear probe wants more).
+    method_lr: dict[str, float] = field(default_factory=dict)
+    weight_decay: float = _check(_non_negative, 0.0)
+    warmup_epochs: float = _check(_non_negative, 1.0)
+    min_lr_ratio: float = _check(_fraction, 0.0)
+    grad_clip: float = _check(_non_negative, 1.0)  # 0 disables clipping
+    amp: bool = True  # autocast on CUDA only; ignored on CPU
+    num_workers: int = _check(_non_negative, 0)
+
+
+@dataclass(frozen=True)
+class MergeConfig:
+    tolerance: float = _check(_positive, 1e-4)
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    opset: int = _check(lambda v: None if v >= 17 else "must be >= 17", 18)
+    tolerance: float = _check(_positive, 1e-4)
+
+
+@dataclass(frozen=True)
+class BenchmarkConfig:
+    batch_sizes: list[int] = field(default_factory=lambda: [1, 32])
+    warmup: int = _check(_non_negative, 5)
+    iterations: int = _check(_positive, 30)
+    threads: int = _check(_positive, 2)
+
+
+@dataclass(frozen=True)
+class Params:
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    backbone: dict[str, BackboneConfig] = field(default_factory=dict)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    adapters: dict[str, dict[str, Any]] = field(default_factory=dict)
+    merge: MergeConfig = field(default_factory=MergeConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+    benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
+
+    def backbone_kwargs(self, role: str) -> dict[str, Any]:
+        """timm kwargs of a role's backbone; the image size always comes from data.image_size."""
+        return {**self.backbone[role].kwargs, "img_size": self.data.image_size}
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(tp: Any, value: Any, key: str) -> Any:
+    """Convert a YAML value to the annotated type, or raise ConfigError naming the key."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _coerce(inner, value, key)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, key)
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        (inner,) = typing.get_args(tp)
+        return [_coerce(inner, v, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        _, inner = typing.get_args(tp)
+        return {k: _coerce(inner, v, f"{key}.{k}") for k, v in value.items()}
+    if tp is Any:
+        return value
+    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if tp is float and isinstance(value, str):
+        try:  # YAML 1.1 reads 1e-3 as a string
+            return float(value)
+        except ValueError:
+            pass
+    if tp is bool and not isinstance(value, bool):
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if tp is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if not isinstance(value, tp):
+        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+    return value
+
+
+def _build(cls: type, data: Any, prefix: str) -> Any:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix or 'params'}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        where = f"{prefix}." if prefix else ""
+        raise ConfigError(f"{where}{unknown[0]}: unknown key (known: {', '.join(fields)})")
+    values = {}
+    for name, f in fields.items():
+        key = f"{prefix}.{name}" if prefix else name
+        if name not in data:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise ConfigError(f"{key}: required key is missing")
+            continue
+        value = _coerce(hints[name], data[name], key)
+        check = f.metadata.get("check")
+        problem = check(value) if check else None
+        if problem:
+            raise ConfigError(f"{key} {problem}, got {data[name]!r}")
+        values[name] = value
+    return cls(**values)
+
+
+def parse_params(data: dict[str, Any]) -> Params:
+    from pipeline.models import check_arch
+    from pipeline.variants import parse_variant
+
+    params = _build(Params, data, "")
+    for role, cfg in params.backbone.items():
+        check_arch(cfg.arch, f"backbone.{role}.arch")
+        size = cfg.kwargs.get("img_size", params.data.image_size)
+        if size != params.data.image_size:
+            raise ConfigError(f"backbone.{role}.kwargs.img_size ({size}) must equal "
+                              f"data.image_size ({params.data.image_size}); leave it out")
+        if cfg.weights not in ("pretrain", "timm", "none") and not Path(cfg.weights).suffix:
+            raise ConfigError(f"backbone.{role}.weights must be pretrain, timm, none or a "
+                              f"checkpoint path, got {cfg.weights!r}")
+    for name in params.train.variants:
+        parse_variant(name, params)
+    return params
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: params file not found")
+    with path.open() as f:
+        try:
+            data = yaml.safe_load(f) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML ({e})") from e
+    return parse_params(data)

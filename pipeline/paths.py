@@ -1,0 +1,15 @@
+"""Where each stage reads and writes (relative to the project root, where DVC runs stages)."""
+
+from pathlib import Path
+
+PREPARED = Path("data/prepared")
+DOWNSTREAM = PREPARED / "downstream"
+SOURCE = PREPARED / "source"
+BACKBONES = Path("models/backbone")
+ADAPTERS = Path("models/adapters")
+MERGED = Path("models/merged")
+ONNX = Path("models/onnx")
+METRICS = Path("metrics")
+PLOTS = Path("plots")
+LIVE = Path("dvclive")
+CHECKPOINTS = Path("checkpoints")

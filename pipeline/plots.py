@@ -1,0 +1,74 @@
+"""PNG figures people look at instead of reading JSON."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from pipeline.io import atomic_path  # noqa: E402
+
+
+def confusion_matrix(labels: np.ndarray, preds: np.ndarray, num_classes: int) -> np.ndarray:
+    cm = np.zeros((num_classes, num_classes), np.int64)
+    np.add.at(cm, (labels, preds), 1)
+    return cm
+
+
+def _save(fig: plt.Figure, path: str | Path) -> None:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+
+def confusion_grid(matrices: dict[str, np.ndarray], classes: list[str], path: str | Path) -> None:
+    """One confusion matrix per variant, rows = true class, columns = prediction."""
+    n = len(matrices)
+    cols = min(n, 3)
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 4 * rows), squeeze=False)
+    for ax, (name, cm) in zip(axes.flat, matrices.items()):
+        acc = np.trace(cm) / max(1, cm.sum()) * 100
+        ax.imshow(cm, cmap="Blues")
+        ax.set_title(f"{name}\ntop-1 {acc:.1f}%", fontsize=9)
+        ticks = range(len(classes))
+        ax.set_xticks(ticks, classes, fontsize=7)
+        ax.set_yticks(ticks, classes, fontsize=7)
+        ax.set_xlabel("predicted", fontsize=8)
+        ax.set_ylabel("true", fontsize=8)
+        if len(classes) <= 12:
+            for (i, j), v in np.ndenumerate(cm):
+                if v:
+                    ax.text(j, i, v, ha="center", va="center", fontsize=6,
+                            color="white" if v > cm.max() / 2 else "black")
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    _save(fig, path)
+
+
+def latency_bars(rows: list[dict], path: str | Path) -> None:
+    """Per batch size: p50 latency (bar) with p95-p99 whiskers, per model and backend."""
+    batch_sizes = sorted({r["batch_size"] for r in rows})
+    backends = sorted({r["backend"] for r in rows})
+    variants = list(dict.fromkeys(r["variant"] for r in rows))
+    fig, axes = plt.subplots(1, len(batch_sizes), figsize=(6 * len(batch_sizes), 0.5 * len(variants) + 2),
+                             squeeze=False)
+    height = 0.8 / len(backends)
+    for ax, bs in zip(axes.flat, batch_sizes):
+        for k, backend in enumerate(backends):
+            sel = {r["variant"]: r for r in rows if r["batch_size"] == bs and r["backend"] == backend}
+            ys = [i + k * height for i, v in enumerate(variants) if v in sel]
+            p50 = [sel[v]["p50_ms"] for v in variants if v in sel]
+            err = [[0] * len(p50), [sel[v]["p99_ms"] - sel[v]["p50_ms"] for v in variants if v in sel]]
+            ax.barh(ys, p50, height, xerr=err, label=backend, capsize=2)
+        ax.set_yticks([i + 0.4 - height / 2 for i in range(len(variants))], variants, fontsize=8)
+        ax.invert_yaxis()
+        ax.set_xlabel("latency ms (bar p50, whisker to p99)")
+        ax.set_title(f"batch {bs}")
+        ax.legend(fontsize=8)
+    _save(fig, path)

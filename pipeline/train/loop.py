@@ -1,0 +1,158 @@
+"""The training loop: AdamW, warm-up + cosine, clipping, AMP on CUDA, checkpoint and resume.
+
+Resuming is exact: the data order of each epoch is seeded by (seed, epoch) and the checkpoint
+holds the RNG state, so a run killed after epoch k and resumed ends where an unbroken run ends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import math
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from pipeline.config import TrainConfig
+from pipeline.data import ImageSet, loader
+from pipeline.train import checkpoint
+
+LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def pick_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def lr_at(step: int, total: int, warmup: int, base: float, min_ratio: float = 0.0) -> float:
+    """Linear warm-up from ~0 to `base`, then cosine down to `base * min_ratio`."""
+    if step < warmup:
+        return base * (step + 1) / warmup
+    t = (step - warmup) / max(1, total - warmup)
+    return base * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+def _cross_entropy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(model(x), y)
+
+
+def _autocast(device: torch.device, enabled: bool):
+    if enabled and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+@torch.no_grad()
+def predict(model: nn.Module, data: ImageSet, batch_size: int = 256,
+            device: torch.device | None = None) -> torch.Tensor:
+    """Logits (float32, on CPU) for every image, in order."""
+    device = device or next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    out = [model(x.to(device)).float().cpu() for x, _ in loader(data, batch_size)]
+    model.train(was_training)
+    return torch.cat(out)
+
+
+def evaluate(model: nn.Module, data: ImageSet, batch_size: int = 256) -> tuple[float, float]:
+    """(mean cross-entropy, top-1 in percent)."""
+    logits = predict(model, data, batch_size)
+    labels = torch.from_numpy(data.labels)
+    return F.cross_entropy(logits, labels).item(), (logits.argmax(1) == labels).float().mean().item() * 100
+
+
+def _fingerprint(model: nn.Module, cfg: TrainConfig, seed: int, sizes: tuple[int, int],
+                 extra: dict[str, Any] | None) -> str:
+    shapes = [(k, list(p.shape)) for k, p in model.named_parameters() if p.requires_grad]
+    blob = json.dumps([dataclasses.asdict(cfg), seed, shapes, sizes, extra], sort_keys=True,
+                      default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def fit(model: nn.Module, train: ImageSet, val: ImageSet, cfg: TrainConfig, *, seed: int,
+        checkpoint_dir: str | Path, live_dir: str | Path | None = None, desc: str = "train",
+        loss_fn: LossFn = _cross_entropy, fingerprint: dict[str, Any] | None = None,
+        on_epoch_end: Callable[[int], None] | None = None) -> list[dict[str, float]]:
+    """Train the parameters of `model` that require grad; return the per-epoch history.
+
+    A checkpoint is written after every epoch to `checkpoint_dir` and removed when training
+    completes; a later call for the same run resumes from it.
+    """
+    device = pick_device()
+    model.to(device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("the model has no trainable parameters")
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    checkpoint_dir = Path(checkpoint_dir)
+    key = _fingerprint(model, cfg, seed, (len(train), len(val)), fingerprint)
+
+    torch.manual_seed(seed)
+    meta = checkpoint.load(checkpoint_dir, model, optimizer, key)
+    start, history = (meta["epoch"], meta["history"]) if meta else (0, [])
+    if meta:
+        tqdm.write(f"{desc}: resuming from the checkpoint of epoch {start}/{cfg.epochs}")
+
+    live = None
+    if live_dir is not None:
+        from dvclive import Live
+
+        live = Live(str(live_dir), save_dvc_exp=False, dvcyaml=None)
+        for row in history:  # the stage's outputs were reset: log the epochs before the resume
+            _log(live, row)
+
+    data = loader(train, cfg.batch_size, shuffle=True, seed=seed, num_workers=cfg.num_workers)
+    steps_per_epoch = len(data)
+    total = cfg.epochs * steps_per_epoch
+    warmup = round(cfg.warmup_epochs * steps_per_epoch)
+    for epoch in range(start, cfg.epochs):
+        data.generator.manual_seed(seed * 100_003 + epoch)
+        model.train()
+        running, seen = 0.0, 0
+        bar = tqdm(data, desc=f"{desc} {epoch + 1}/{cfg.epochs}", leave=False, mininterval=1.0,
+                   disable=not sys.stderr.isatty())
+        for i, (x, y) in enumerate(bar):
+            lr = lr_at(epoch * steps_per_epoch + i, total, warmup, cfg.lr, cfg.min_lr_ratio)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            with _autocast(device, cfg.amp):
+                loss = loss_fn(model, x, y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            optimizer.step()
+            running += loss.item() * len(y)
+            seen += len(y)
+            bar.set_postfix(loss=f"{running / seen:.4f}", lr=f"{lr:.2e}")
+        val_loss, val_top1 = evaluate(model, val) if len(val) else (float("nan"), float("nan"))
+        row = {"epoch": epoch + 1, "train_loss": running / seen, "val_loss": val_loss,
+               "val_top1": val_top1, "lr": lr}
+        history.append(row)
+        tqdm.write(f"{desc} epoch {epoch + 1}/{cfg.epochs}: loss {row['train_loss']:.4f} "
+                   f"val loss {val_loss:.4f} val top-1 {val_top1:.2f}%")
+        if live:
+            _log(live, row)
+        checkpoint.save(checkpoint_dir, model, optimizer,
+                        {"fingerprint": key, "epoch": epoch + 1, "history": history})
+        if on_epoch_end:
+            on_epoch_end(epoch + 1)
+    if live:
+        live.end()
+    checkpoint.clear(checkpoint_dir)
+    return history
+
+
+def _log(live: Any, row: dict[str, float]) -> None:
+    for name in ("train_loss", "val_loss", "val_top1", "lr"):
+        live.log_metric(name.replace("_", "/", 1) if name != "lr" else "lr", row[name])
+    live.next_step()

@@ -1,0 +1,1 @@
+"""Serving: inference backends behind one interface (torch, ONNX Runtime)."""
