@@ -8,8 +8,12 @@ from collections.abc import Callable
 import numpy as np
 
 
-def measure(call: Callable[[], object], batch_size: int, warmup: int, iterations: int,
-            ) -> dict[str, float]:
+def measure(
+    call: Callable[[], object],
+    batch_size: int,
+    warmup: int,
+    iterations: int,
+) -> dict[str, float]:
     """p50/p95/p99 latency (ms) of `call` and throughput (images/s) from the mean latency."""
     for _ in range(warmup):
         call()

@@ -210,11 +210,15 @@ def parse_params(data: dict[str, Any]) -> Params:
         check_arch(cfg.arch, f"backbone.{role}.arch")
         size = cfg.kwargs.get("img_size", params.data.image_size)
         if size != params.data.image_size:
-            raise ConfigError(f"backbone.{role}.kwargs.img_size ({size}) must equal "
-                              f"data.image_size ({params.data.image_size}); leave it out")
+            raise ConfigError(
+                f"backbone.{role}.kwargs.img_size ({size}) must equal "
+                f"data.image_size ({params.data.image_size}); leave it out"
+            )
         if cfg.weights not in ("pretrain", "timm", "none") and not Path(cfg.weights).suffix:
-            raise ConfigError(f"backbone.{role}.weights must be pretrain, timm, none or a "
-                              f"checkpoint path, got {cfg.weights!r}")
+            raise ConfigError(
+                f"backbone.{role}.weights must be pretrain, timm, none or a "
+                f"checkpoint path, got {cfg.weights!r}"
+            )
     for name in params.train.variants:
         parse_variant(name, params)
     return params

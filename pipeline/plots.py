@@ -8,10 +8,10 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
-from pipeline.io import atomic_path  # noqa: E402
+from pipeline.io import atomic_path
 
 
 def confusion_matrix(labels: np.ndarray, preds: np.ndarray, num_classes: int) -> np.ndarray:
@@ -31,7 +31,7 @@ def confusion_grid(matrices: dict[str, np.ndarray], classes: list[str], path: st
     n = len(matrices)
     cols = min(n, 3)
     rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 4 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 4.5 * rows), squeeze=False)
     for ax, (name, cm) in zip(axes.flat, matrices.items()):
         acc = np.trace(cm) / max(1, cm.sum()) * 100
         ax.imshow(cm, cmap="Blues")
@@ -44,8 +44,15 @@ def confusion_grid(matrices: dict[str, np.ndarray], classes: list[str], path: st
         if len(classes) <= 12:
             for (i, j), v in np.ndenumerate(cm):
                 if v:
-                    ax.text(j, i, v, ha="center", va="center", fontsize=6,
-                            color="white" if v > cm.max() / 2 else "black")
+                    ax.text(
+                        j,
+                        i,
+                        v,
+                        ha="center",
+                        va="center",
+                        fontsize=6,
+                        color="white" if v > cm.max() / 2 else "black",
+                    )
     for ax in list(axes.flat)[n:]:
         ax.axis("off")
     _save(fig, path)
@@ -56,15 +63,21 @@ def latency_bars(rows: list[dict], path: str | Path) -> None:
     batch_sizes = sorted({r["batch_size"] for r in rows})
     backends = sorted({r["backend"] for r in rows})
     variants = list(dict.fromkeys(r["variant"] for r in rows))
-    fig, axes = plt.subplots(1, len(batch_sizes), figsize=(6 * len(batch_sizes), 0.5 * len(variants) + 2),
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        1, len(batch_sizes), figsize=(6 * len(batch_sizes), 0.5 * len(variants) + 2), squeeze=False
+    )
     height = 0.8 / len(backends)
     for ax, bs in zip(axes.flat, batch_sizes):
         for k, backend in enumerate(backends):
-            sel = {r["variant"]: r for r in rows if r["batch_size"] == bs and r["backend"] == backend}
+            sel = {
+                r["variant"]: r for r in rows if r["batch_size"] == bs and r["backend"] == backend
+            }
             ys = [i + k * height for i, v in enumerate(variants) if v in sel]
             p50 = [sel[v]["p50_ms"] for v in variants if v in sel]
-            err = [[0] * len(p50), [sel[v]["p99_ms"] - sel[v]["p50_ms"] for v in variants if v in sel]]
+            err = [
+                [0] * len(p50),
+                [sel[v]["p99_ms"] - sel[v]["p50_ms"] for v in variants if v in sel],
+            ]
             ax.barh(ys, p50, height, xerr=err, label=backend, capsize=2)
         ax.set_yticks([i + 0.4 - height / 2 for i in range(len(variants))], variants, fontsize=8)
         ax.invert_yaxis()

@@ -31,11 +31,14 @@ def parse_variant(name: str, params: Params) -> Variant:
         raise PipelineError(f"train.variants: '{name}' is not <role>-<method>[-<distillation>]")
     role, method = parts[0], parts[1]
     if role not in params.backbone:
-        raise PipelineError(f"train.variants: '{name}': role '{role}' has no backbone "
-                            f"(backbone defines {', '.join(params.backbone) or 'none'})")
+        raise PipelineError(
+            f"train.variants: '{name}': role '{role}' has no backbone "
+            f"(backbone defines {', '.join(params.backbone) or 'none'})"
+        )
     if method not in METHODS:
-        raise PipelineError(f"train.variants: '{name}': unknown method '{method}' "
-                            f"(known: {', '.join(METHODS)})")
+        raise PipelineError(
+            f"train.variants: '{name}': unknown method '{method}' (known: {', '.join(METHODS)})"
+        )
     if len(parts) == 3:
         raise PipelineError(f"train.variants: '{name}': unknown distillation '{parts[2]}'")
     return Variant(name, role, method)

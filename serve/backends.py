@@ -65,5 +65,6 @@ class OnnxRuntimeBackend:
 
 def run_batched(backend: Backend, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
     """Logits for a large array, batch by batch."""
-    return np.concatenate([backend.run(images[i : i + batch_size])
-                           for i in range(0, len(images), batch_size)])
+    return np.concatenate(
+        [backend.run(images[i : i + batch_size]) for i in range(0, len(images), batch_size)]
+    )

@@ -9,7 +9,7 @@ from pipeline.cli import run_stage
 from pipeline.config import TrainConfig, load_params
 from pipeline.data import load_split
 from pipeline.io import write_json
-from pipeline.train import evaluate, fit
+from pipeline.train import evaluate, fit, seed_everything
 
 
 def main(argv: list[str]) -> None:
@@ -18,17 +18,31 @@ def main(argv: list[str]) -> None:
     cfg = params.backbone[role]
     kwargs = params.backbone_kwargs(role)
     report = {"arch": cfg.arch, "weights": cfg.weights}
+    seed_everything(params.seed)
     if cfg.weights == "pretrain":
         train, val = load_split(paths.SOURCE / "train.npz"), load_split(paths.SOURCE / "val.npz")
         model = models.create(cfg.arch, kwargs, len(train.classes))
         p = params.pretrain
-        recipe = TrainConfig(epochs=p.epochs, lr=p.lr, weight_decay=p.weight_decay,
-                             batch_size=p.batch_size, warmup_epochs=min(1.0, p.epochs / 4),
-                             min_lr_ratio=0.0, grad_clip=1.0)
-        fit(model, train, val, recipe, seed=params.seed, desc=f"pretrain {role}",
+        recipe = TrainConfig(
+            epochs=p.epochs,
+            lr=p.lr,
+            weight_decay=p.weight_decay,
+            batch_size=p.batch_size,
+            warmup_epochs=min(1.0, p.epochs / 4),
+            min_lr_ratio=0.0,
+            grad_clip=1.0,
+        )
+        fit(
+            model,
+            train,
+            val,
+            recipe,
+            seed=params.seed,
+            desc=f"pretrain {role}",
             checkpoint_dir=paths.CHECKPOINTS / "backbone" / role,
             live_dir=paths.LIVE / "backbone" / role,
-            fingerprint={"arch": cfg.arch, "kwargs": kwargs, "pretrain": dataclasses.asdict(p)})
+            fingerprint={"arch": cfg.arch, "kwargs": kwargs, "pretrain": dataclasses.asdict(p)},
+        )
         report["source_val_top1"] = evaluate(model, val)[1]
     else:
         model = models.create(cfg.arch, kwargs, 0)

@@ -24,16 +24,22 @@ def main(argv: list[str]) -> None:
     images = to_tensor(load_split(paths.DOWNSTREAM / "test.npz").images).numpy()
     rows = []
     for name in deployables([parse_variant(n, params) for n in params.train.variants]):
-        backends = [TorchBackend(load_deployable(name)),
-                    OnnxRuntimeBackend(paths.ONNX / name / "model.onnx", threads=cfg.threads)]
+        backends = [
+            TorchBackend(load_deployable(name)),
+            OnnxRuntimeBackend(paths.ONNX / name / "model.onnx", threads=cfg.threads),
+        ]
         for backend in backends:
             for bs in cfg.batch_sizes:
                 x = np.resize(images, (bs, *images.shape[1:]))  # repeats images if bs > test set
                 stats = measure(lambda b=backend, x=x: b.run(x), bs, cfg.warmup, cfg.iterations)
                 rows.append({"variant": name, "backend": backend.name, "batch_size": bs, **stats})
-                print(f"{name:28s} {backend.name:12s} batch {bs:3d}: p50 {stats['p50_ms']:8.3f} ms"
-                      f"  p99 {stats['p99_ms']:8.3f} ms  {stats['throughput']:9.1f} img/s")
-    write_json(paths.METRICS / "benchmark.json", {"rows": rows, "unmerged_over_merged": _ratios(rows)})
+                print(
+                    f"{name:28s} {backend.name:12s} batch {bs:3d}: p50 {stats['p50_ms']:8.3f} ms"
+                    f"  p99 {stats['p99_ms']:8.3f} ms  {stats['throughput']:9.1f} img/s"
+                )
+    write_json(
+        paths.METRICS / "benchmark.json", {"rows": rows, "unmerged_over_merged": _ratios(rows)}
+    )
     latency_bars(rows, paths.PLOTS / "benchmark.png")
 
 

@@ -24,8 +24,9 @@ def main(argv: list[str]) -> None:
     report, matrices = {}, {}
     for name in deployables([parse_variant(n, params) for n in params.train.variants]):
         preds = predict(load_deployable(name), test).argmax(1).numpy()
-        ort_preds = run_batched(OnnxRuntimeBackend(paths.ONNX / name / "model.onnx"),
-                                images).argmax(1)
+        ort_preds = run_batched(
+            OnnxRuntimeBackend(paths.ONNX / name / "model.onnx"), images
+        ).argmax(1)
         trained = read_json(paths.ADAPTERS / name.removesuffix("-merged") / ADAPTER_META)
         report[name] = {
             "top1": float((preds == test.labels).mean() * 100),
@@ -34,11 +35,15 @@ def main(argv: list[str]) -> None:
             "params_total": trained["params_total"],
         }
         matrices[name] = confusion_matrix(test.labels, preds, len(test.classes))
-        rows = [{"actual": test.classes[a], "predicted": test.classes[p]}
-                for a, p in zip(test.labels, preds)]
+        rows = [
+            {"actual": test.classes[a], "predicted": test.classes[p]}
+            for a, p in zip(test.labels, preds)
+        ]
         write_json(paths.PLOTS / "confusion" / f"{name}.json", rows)
-        print(f"{name}: top-1 {report[name]['top1']:.2f}% (torch), "
-              f"{report[name]['top1_onnxruntime']:.2f}% (ONNX Runtime)")
+        print(
+            f"{name}: top-1 {report[name]['top1']:.2f}% (torch), "
+            f"{report[name]['top1_onnxruntime']:.2f}% (ONNX Runtime)"
+        )
     write_json(paths.METRICS / "evaluate.json", report)
     confusion_grid(matrices, test.classes, paths.PLOTS / "confusion.png")
 

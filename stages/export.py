@@ -24,17 +24,25 @@ def main(argv: list[str]) -> None:
     report = {}
     for name in deployables([parse_variant(n, params) for n in params.train.variants]):
         model = load_deployable(name)
-        path = export_onnx(model, paths.ONNX / name / "model.onnx", params.data.image_size,
-                           params.export.opset)
+        path = export_onnx(
+            model, paths.ONNX / name / "model.onnx", params.data.image_size, params.export.opset
+        )
         ref = predict(model, test).numpy()
         out = run_batched(OnnxRuntimeBackend(path), images)
         diff = float(np.abs(ref - out).max())
         agree = float((ref.argmax(1) == out.argmax(1)).mean() * 100)
         if not diff <= params.export.tolerance:
-            raise PipelineError(f"{name}: ONNX Runtime logits differ from torch by {diff:.3g} "
-                                f"(> export.tolerance {params.export.tolerance:g})")
-        report[name] = {"onnx_path": str(path), "max_abs_diff": diff, "top1_agreement": agree,
-                        "opset": params.export.opset, "bytes": path.stat().st_size}
+            raise PipelineError(
+                f"{name}: ONNX Runtime logits differ from torch by {diff:.3g} "
+                f"(> export.tolerance {params.export.tolerance:g})"
+            )
+        report[name] = {
+            "onnx_path": str(path),
+            "max_abs_diff": diff,
+            "top1_agreement": agree,
+            "opset": params.export.opset,
+            "bytes": path.stat().st_size,
+        }
         print(f"{name}: {path} max |ort - torch| = {diff:.2e}, top-1 agreement {agree:.1f}%")
     write_json(paths.METRICS / "export.json", report)
 

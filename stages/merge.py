@@ -32,11 +32,19 @@ def main(argv: list[str]) -> None:
         diff = (ref - out).abs().max().item()
         agree = (ref.argmax(1) == out.argmax(1)).float().mean().item() * 100
         if not diff <= params.merge.tolerance:
-            raise PipelineError(f"{variant.name}: merged logits differ from unmerged by {diff:.3g} "
-                                f"(> merge.tolerance {params.merge.tolerance:g})")
+            raise PipelineError(
+                f"{variant.name}: merged logits differ from unmerged by {diff:.3g} "
+                f"(> merge.tolerance {params.merge.tolerance:g})"
+            )
         folder = paths.MERGED / variant.merged_name
-        models.save_model(folder, plain, spec["arch"], spec["kwargs"], meta["num_classes"],
-                          extra={"merged_from": variant.name, "classes": meta["classes"]})
+        models.save_model(
+            folder,
+            plain,
+            spec["arch"],
+            spec["kwargs"],
+            meta["num_classes"],
+            extra={"merged_from": variant.name, "classes": meta["classes"]},
+        )
         report[variant.merged_name] = {
             "merged_from": variant.name,
             "max_abs_diff": diff,
@@ -45,8 +53,10 @@ def main(argv: list[str]) -> None:
             "model_bytes": (folder / "model.safetensors").stat().st_size,
             "params_total": sum(p.numel() for p in plain.parameters()),
         }
-        print(f"{variant.merged_name}: max |merged - unmerged| = {diff:.2e}, "
-              f"top-1 agreement {agree:.1f}%")
+        print(
+            f"{variant.merged_name}: max |merged - unmerged| = {diff:.2e}, "
+            f"top-1 agreement {agree:.1f}%"
+        )
     write_json(paths.METRICS / "merge.json", report)
 
 

@@ -18,10 +18,16 @@ def main(argv: list[str]) -> None:
     for name, split in src.items():
         save_split(paths.SOURCE / f"{name}.npz", split)
     summary = {
-        "downstream": {"source": params.data.source, "classes": task["train"].classes,
-                       **{k: len(v) for k, v in task.items()}},
-        "source": {"dataset": "glyphs", "classes": len(src["train"].classes),
-                   **{k: len(v) for k, v in src.items()}},
+        "downstream": {
+            "source": params.data.source,
+            "classes": task["train"].classes,
+            **{k: len(v) for k, v in task.items()},
+        },
+        "source": {
+            "dataset": "glyphs",
+            "classes": len(src["train"].classes),
+            **{k: len(v) for k, v in src.items()},
+        },
     }
     write_json(paths.PREPARED / "summary.json", summary)
     print(f"prepared {summary}")

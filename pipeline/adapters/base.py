@@ -6,12 +6,16 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from torch import nn
 from timm.models.vision_transformer import VisionTransformer
+from torch import nn
 
 # Where the four linears of a timm ViT block live: name -> (sub-module, attribute).
-BLOCK_LINEARS = {"qkv": ("attn", "qkv"), "proj": ("attn", "proj"), "fc1": ("mlp", "fc1"),
-                 "fc2": ("mlp", "fc2")}
+BLOCK_LINEARS = {
+    "qkv": ("attn", "qkv"),
+    "proj": ("attn", "proj"),
+    "fc1": ("mlp", "fc1"),
+    "fc2": ("mlp", "fc2"),
+}
 
 
 @dataclass(frozen=True)

@@ -2,5 +2,10 @@
 
 from pipeline.adapters.base import Method
 
-METHOD = Method(name="linear", inject=lambda model: None, merge=lambda model: None, defaults={},
-                adds_modules=False)
+METHOD = Method(
+    name="linear",
+    inject=lambda model: None,
+    merge=lambda model: None,
+    defaults={},
+    adds_modules=False,
+)

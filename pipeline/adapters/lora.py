@@ -5,8 +5,8 @@ from __future__ import annotations
 import math
 
 import torch
-from torch import nn
 from timm.models.vision_transformer import VisionTransformer
+from torch import nn
 
 from pipeline.adapters.base import Method, block_linears
 
@@ -29,8 +29,9 @@ class LoRALinear(nn.Module):
         return (self.lora_B.double() @ self.lora_A.double()) * self.scaling
 
 
-def inject(model: VisionTransformer, rank: int, alpha: float, targets: list[str],
-           dropout: float) -> None:
+def inject(
+    model: VisionTransformer, rank: int, alpha: float, targets: list[str], dropout: float
+) -> None:
     if rank < 1:
         raise ValueError(f"lora rank must be >= 1, got {rank}")
     for parent, attr in block_linears(model, targets):

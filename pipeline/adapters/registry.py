@@ -38,8 +38,9 @@ def inject(model: VisionTransformer, method: str, **options: Any) -> VisionTrans
     m = _method(method)
     unknown = sorted(set(options) - set(m.defaults))
     if unknown:
-        raise PipelineError(f"adapters.{method}: unknown option(s) {unknown} "
-                            f"(known: {sorted(m.defaults)})")
+        raise PipelineError(
+            f"adapters.{method}: unknown option(s) {unknown} (known: {sorted(m.defaults)})"
+        )
     opts = {**copy.deepcopy(m.defaults), **options}
     model.requires_grad_(False)
     try:
@@ -69,8 +70,9 @@ def merge(model: VisionTransformer) -> VisionTransformer:
     merged = copy.deepcopy(model)
     del merged.adapter_spec
     m.merge(merged)
-    leftovers = {type(x).__name__ for x in merged.modules()
-                 if type(x).__module__.startswith("pipeline.")}
+    leftovers = {
+        type(x).__name__ for x in merged.modules() if type(x).__module__.startswith("pipeline.")
+    }
     if leftovers:
         raise PipelineError(f"merge of '{m.name}' left adapter modules behind: {leftovers}")
     bad = [k for k, v in merged.state_dict().items() if not torch.isfinite(v).all()]
@@ -88,8 +90,9 @@ def load_trainable(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> No
     expected = set(trainable_state(model))
     if set(state) != expected:
         missing, extra = sorted(expected - set(state)), sorted(set(state) - expected)
-        raise PipelineError(f"adapter file does not fit the model (missing {missing[:3]}, "
-                            f"unexpected {extra[:3]})")
+        raise PipelineError(
+            f"adapter file does not fit the model (missing {missing[:3]}, unexpected {extra[:3]})"
+        )
     model.load_state_dict(state, strict=False)
 
 

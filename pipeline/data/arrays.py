@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,8 +21,9 @@ class ImageSet:
 
     def __post_init__(self) -> None:
         if self.images.dtype != np.uint8 or self.images.ndim != 4 or self.images.shape[-1] != 3:
-            raise ValueError(f"images must be uint8 (N, H, W, 3), got {self.images.dtype} "
-                             f"{self.images.shape}")
+            raise ValueError(
+                f"images must be uint8 (N, H, W, 3), got {self.images.dtype} {self.images.shape}"
+            )
         if len(self.images) != len(self.labels):
             raise ValueError("images and labels differ in length")
 
@@ -35,7 +37,9 @@ class ImageSet:
 def save_split(path: str | Path, data: ImageSet) -> None:
     with atomic_path(path) as tmp, tmp.open("wb") as f:
         np.savez_compressed(
-            f, images=data.images, labels=data.labels.astype(np.int64),
+            f,
+            images=data.images,
+            labels=data.labels.astype(np.int64),
             classes=np.array(json.dumps(data.classes)),
         )
 
@@ -54,4 +58,4 @@ def random_split(n: int, sizes: list[int], seed: int) -> list[np.ndarray]:
         raise PipelineError(f"cannot split {n} samples into {sizes}: not enough samples")
     order = np.random.default_rng(seed).permutation(n)
     bounds = np.cumsum([0, *sizes])
-    return [order[a:b] for a, b in zip(bounds[:-1], bounds[1:])] + [order[bounds[-1]:]]
+    return [order[a:b] for a, b in itertools.pairwise(bounds)] + [order[bounds[-1] :]]

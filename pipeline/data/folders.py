@@ -48,7 +48,9 @@ def read_list(root: Path, list_name: str, size: int) -> tuple[np.ndarray, np.nda
         labels.append(int(parts[1]))
     missing = [p for p in paths if not p.is_file()]
     if missing:
-        raise PipelineError(f"{listing}: {len(missing)} listed images are missing, e.g. {missing[0]}")
+        raise PipelineError(
+            f"{listing}: {len(missing)} listed images are missing, e.g. {missing[0]}"
+        )
     return _read(paths, size), np.asarray(labels, np.int64)
 
 
@@ -61,8 +63,9 @@ def load_vtab(path: str | Path | None, size: int) -> dict[str, ImageSet]:
     root = _require_dir(path, "VTAB-1K task folder")
     names = {p.name for p in root.iterdir()}
     if "test.txt" not in names:
-        raise PipelineError(f"{root}: no test.txt (a VTAB-1K task folder has test.txt and "
-                            "train800val200.txt)")
+        raise PipelineError(
+            f"{root}: no test.txt (a VTAB-1K task folder has test.txt and train800val200.txt)"
+        )
     if {"train800.txt", "val200.txt"} <= names:
         lists = {"train": "train800.txt", "val": "val200.txt", "test": "test.txt"}
     elif "train800val200.txt" in names:

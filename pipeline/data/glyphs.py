@@ -8,6 +8,8 @@ so the downstream task still has something to learn. Fully offline and determini
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 
 from pipeline.data.arrays import ImageSet
@@ -20,7 +22,7 @@ def _templates(num_classes: int, rng: np.random.Generator) -> list[np.ndarray]:
         segments = []
         for _stroke in range(rng.integers(1, 3)):
             pts = rng.uniform(0.2, 0.8, size=(rng.integers(3, 5), 2))
-            segments += [np.stack([a, b]) for a, b in zip(pts[:-1], pts[1:])]
+            segments += [np.stack([a, b]) for a, b in itertools.pairwise(pts)]
         out.append(np.stack(segments))
     return out
 

@@ -17,12 +17,17 @@ def downstream(cfg: DataConfig) -> dict[str, ImageSet]:
             train, val = random_split(len(tv), [min(cfg.train_size, len(tv))], cfg.split_seed)
             parts["train"], parts["val"] = tv.subset(train), tv.subset(val)
         return {k: parts[k] for k in ("train", "val", "test")}
-    full = digits.load(cfg.image_size) if cfg.source == "digits" else (
-        folders.load_imagefolder(cfg.path, cfg.image_size))
+    full = (
+        digits.load(cfg.image_size)
+        if cfg.source == "digits"
+        else (folders.load_imagefolder(cfg.path, cfg.image_size))
+    )
     train, val, test = random_split(len(full), [cfg.train_size, cfg.val_size], cfg.split_seed)
     if len(test) == 0:
-        raise PipelineError(f"data: {len(full)} images leave no test split after "
-                            f"train_size={cfg.train_size} and val_size={cfg.val_size}")
+        raise PipelineError(
+            f"data: {len(full)} images leave no test split after "
+            f"train_size={cfg.train_size} and val_size={cfg.val_size}"
+        )
     return {"train": full.subset(train), "val": full.subset(val), "test": full.subset(test)}
 
 

@@ -34,9 +34,16 @@ class _Images(Dataset):
         return to_tensor(self.data.images[i : i + 1])[0], int(self.data.labels[i])
 
 
-def loader(data: ImageSet, batch_size: int, shuffle: bool = False, seed: int = 0,
-           num_workers: int = 0) -> DataLoader:
+def loader(
+    data: ImageSet, batch_size: int, shuffle: bool = False, seed: int = 0, num_workers: int = 0
+) -> DataLoader:
     """A DataLoader whose shuffling is seeded (re-seed `.generator` per epoch to resume exactly)."""
     gen = torch.Generator().manual_seed(seed) if shuffle else None
-    return DataLoader(_Images(data), batch_size=batch_size, shuffle=shuffle, generator=gen,
-                      num_workers=num_workers, pin_memory=torch.cuda.is_available())
+    return DataLoader(
+        _Images(data),
+        batch_size=batch_size,
+        shuffle=shuffle,
+        generator=gen,
+        num_workers=num_workers,
+        pin_memory=torch.cuda.is_available(),
+    )

@@ -7,9 +7,11 @@ The on-disk form is `model.safetensors` (a state dict with timm's own keys) besi
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import timm
 import torch
 from safetensors.torch import load_file
@@ -21,8 +23,10 @@ from pipeline.io import read_json, save_tensors, write_json
 
 def check_arch(arch: str, key: str = "arch") -> None:
     if not timm.is_model(arch) or not arch.split(".")[0].startswith(("vit_", "deit_")):
-        raise PipelineError(f"{key}: unknown timm ViT architecture '{arch}' "
-                            "(e.g. vit_tiny_patch16_224, vit_base_patch16_224.augreg_in21k)")
+        raise PipelineError(
+            f"{key}: unknown timm ViT architecture '{arch}' "
+            "(e.g. vit_tiny_patch16_224, vit_base_patch16_224.augreg_in21k)"
+        )
 
 
 def create(arch: str, kwargs: dict[str, Any], num_classes: int) -> VisionTransformer:
@@ -43,7 +47,13 @@ def _hub_hint(arch: str) -> str:
     return f"download model.safetensors of {source} and set weights to that file's path"
 
 
-def _read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
+def _read_checkpoint(path: Path) -> dict[str, torch.Tensor] | None:
+    """A state dict with timm's keys, or None for a big_vision .npz (timm reads those itself)."""
+    if path.suffix == ".npz":
+        with np.load(path, allow_pickle=False) as z:
+            if any("/" in k for k in z.files):
+                return None
+            return {k: torch.from_numpy(z[k]) for k in z.files}
     if path.suffix == ".safetensors":
         return load_file(str(path))
     if path.suffix in {".pth", ".pt", ".bin"}:
@@ -55,8 +65,9 @@ def _read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     raise PipelineError(f"{path}: unsupported checkpoint type (use .safetensors, .npz, .pth)")
 
 
-def load_weights(model: VisionTransformer, weights: str, arch: str, kwargs: dict[str, Any],
-                 key: str = "weights") -> None:
+def load_weights(
+    model: VisionTransformer, weights: str, arch: str, kwargs: dict[str, Any], key: str = "weights"
+) -> None:
     """Fill the body of `model` from `weights`: "timm" (hub tag), "none" or a checkpoint path.
 
     The classifier head is never loaded: it belongs to the pre-training task, not ours.
@@ -64,34 +75,52 @@ def load_weights(model: VisionTransformer, weights: str, arch: str, kwargs: dict
     if weights in ("none", "pretrain"):
         return
     if weights == "timm":
+        hub_log = logging.getLogger("huggingface_hub")
+        level = hub_log.level
+        hub_log.setLevel(logging.CRITICAL)  # our one-line error says it all
         try:
             src = timm.create_model(arch, pretrained=True, num_classes=0, **kwargs)
         except Exception as e:  # the hub client raises many types offline; all mean "not here"
-            raise PipelineError(f"{key}: cannot fetch pretrained weights for '{arch}' "
-                                f"({type(e).__name__}); {_hub_hint(arch)}") from e
+            raise PipelineError(
+                f"{key}: cannot fetch pretrained weights for '{arch}' "
+                f"({type(e).__name__}); {_hub_hint(arch)}"
+            ) from None
+        finally:
+            hub_log.setLevel(level)
         state = src.state_dict()
     else:
         path = Path(weights)
         if not path.is_file():
             raise PipelineError(f"{key}: checkpoint file '{path}' not found")
-        if path.suffix == ".npz":
-            model.load_pretrained(str(path))  # timm's reader for big_vision / JAX checkpoints
+        state = _read_checkpoint(path)
+        if state is None:  # a big_vision / JAX .npz: timm has the reader for that layout
+            model.load_pretrained(str(path))
             return
-        state = checkpoint_filter_fn(_read_checkpoint(path), model)
+        state = checkpoint_filter_fn(state, model)
     state = {k: v for k, v in state.items() if not k.startswith("head.")}
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.startswith("head.")]
     if missing or unexpected:
-        raise PipelineError(f"{key}: checkpoint does not fit {arch} (missing {missing[:3]}, "
-                            f"unexpected {unexpected[:3]})")
+        raise PipelineError(
+            f"{key}: checkpoint does not fit {arch} (missing {missing[:3]}, "
+            f"unexpected {unexpected[:3]})"
+        )
 
 
-def save_model(folder: str | Path, model: torch.nn.Module, arch: str, kwargs: dict[str, Any],
-               num_classes: int, extra: dict[str, Any] | None = None) -> None:
+def save_model(
+    folder: str | Path,
+    model: torch.nn.Module,
+    arch: str,
+    kwargs: dict[str, Any],
+    num_classes: int,
+    extra: dict[str, Any] | None = None,
+) -> None:
     folder = Path(folder)
     save_tensors(folder / "model.safetensors", model.state_dict())
-    write_json(folder / "model.json",
-               {"arch": arch, "kwargs": kwargs, "num_classes": num_classes, **(extra or {})})
+    write_json(
+        folder / "model.json",
+        {"arch": arch, "kwargs": kwargs, "num_classes": num_classes, **(extra or {})},
+    )
 
 
 def load_model(folder: str | Path, num_classes: int | None = None) -> VisionTransformer:

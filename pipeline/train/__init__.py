@@ -1,5 +1,5 @@
 """The one training loop every method and stage uses."""
 
-from pipeline.train.loop import evaluate, fit, pick_device
+from pipeline.train.loop import evaluate, fit, pick_device, seed_everything
 
-__all__ = ["evaluate", "fit", "pick_device"]
+__all__ = ["evaluate", "fit", "pick_device", "seed_everything"]

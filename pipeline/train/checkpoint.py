@@ -13,8 +13,9 @@ from safetensors.torch import load_file, save_file
 from pipeline.io import atomic_dir
 
 
-def save(folder: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-         meta: dict[str, Any]) -> None:
+def save(
+    folder: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, meta: dict[str, Any]
+) -> None:
     """Trainable weights, AdamW moments and RNG state as tensors; everything else as JSON."""
     tensors = {f"model.{k}": p.detach() for k, p in model.named_parameters() if p.requires_grad}
     opt = optimizer.state_dict()
@@ -25,12 +26,15 @@ def save(folder: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
     if torch.cuda.is_available():
         tensors["rng.cuda"] = torch.cuda.get_rng_state()
     with atomic_dir(folder) as tmp:
-        save_file({k: v.contiguous().cpu() for k, v in tensors.items()}, str(tmp / "last.safetensors"))
+        save_file(
+            {k: v.contiguous().cpu() for k, v in tensors.items()}, str(tmp / "last.safetensors")
+        )
         (tmp / "last.json").write_text(json.dumps({**meta, "param_groups": opt["param_groups"]}))
 
 
-def load(folder: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-         fingerprint: str) -> dict[str, Any] | None:
+def load(
+    folder: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, fingerprint: str
+) -> dict[str, Any] | None:
     """Restore a checkpoint made for the same run (same fingerprint); None if there is none."""
     meta_file = folder / "last.json"
     if not meta_file.is_file():
@@ -43,7 +47,7 @@ def load(folder: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
     with torch.no_grad():
         for k, v in tensors.items():
             if k.startswith("model."):
-                params[k[len("model."):]].copy_(v)
+                params[k[len("model.") :]].copy_(v)
     state: dict[int, dict[str, torch.Tensor]] = {}
     for k, v in tensors.items():
         if k.startswith("optim."):

@@ -11,11 +11,13 @@ import dataclasses
 import hashlib
 import json
 import math
+import random
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -26,6 +28,13 @@ from pipeline.data import ImageSet, loader
 from pipeline.train import checkpoint
 
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def seed_everything(seed: int) -> None:
+    """Seed every generator a run draws from (model init, adapter init, dropout)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
 
 
 def pick_device() -> torch.device:
@@ -51,8 +60,9 @@ def _autocast(device: torch.device, enabled: bool):
 
 
 @torch.no_grad()
-def predict(model: nn.Module, data: ImageSet, batch_size: int = 256,
-            device: torch.device | None = None) -> torch.Tensor:
+def predict(
+    model: nn.Module, data: ImageSet, batch_size: int = 256, device: torch.device | None = None
+) -> torch.Tensor:
     """Logits (float32, on CPU) for every image, in order."""
     device = device or next(model.parameters()).device
     was_training = model.training
@@ -66,21 +76,39 @@ def evaluate(model: nn.Module, data: ImageSet, batch_size: int = 256) -> tuple[f
     """(mean cross-entropy, top-1 in percent)."""
     logits = predict(model, data, batch_size)
     labels = torch.from_numpy(data.labels)
-    return F.cross_entropy(logits, labels).item(), (logits.argmax(1) == labels).float().mean().item() * 100
+    return F.cross_entropy(logits, labels).item(), (
+        logits.argmax(1) == labels
+    ).float().mean().item() * 100
 
 
-def _fingerprint(model: nn.Module, cfg: TrainConfig, seed: int, sizes: tuple[int, int],
-                 extra: dict[str, Any] | None) -> str:
+def _fingerprint(
+    model: nn.Module,
+    cfg: TrainConfig,
+    seed: int,
+    sizes: tuple[int, int],
+    extra: dict[str, Any] | None,
+) -> str:
     shapes = [(k, list(p.shape)) for k, p in model.named_parameters() if p.requires_grad]
-    blob = json.dumps([dataclasses.asdict(cfg), seed, shapes, sizes, extra], sort_keys=True,
-                      default=str)
+    blob = json.dumps(
+        [dataclasses.asdict(cfg), seed, shapes, sizes, extra], sort_keys=True, default=str
+    )
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def fit(model: nn.Module, train: ImageSet, val: ImageSet, cfg: TrainConfig, *, seed: int,
-        checkpoint_dir: str | Path, live_dir: str | Path | None = None, desc: str = "train",
-        loss_fn: LossFn = _cross_entropy, fingerprint: dict[str, Any] | None = None,
-        on_epoch_end: Callable[[int], None] | None = None) -> list[dict[str, float]]:
+def fit(
+    model: nn.Module,
+    train: ImageSet,
+    val: ImageSet,
+    cfg: TrainConfig,
+    *,
+    seed: int,
+    checkpoint_dir: str | Path,
+    live_dir: str | Path | None = None,
+    desc: str = "train",
+    loss_fn: LossFn = _cross_entropy,
+    fingerprint: dict[str, Any] | None = None,
+    on_epoch_end: Callable[[int], None] | None = None,
+) -> list[dict[str, float]]:
     """Train the parameters of `model` that require grad; return the per-epoch history.
 
     A checkpoint is written after every epoch to `checkpoint_dir` and removed when training
@@ -117,8 +145,13 @@ def fit(model: nn.Module, train: ImageSet, val: ImageSet, cfg: TrainConfig, *, s
         data.generator.manual_seed(seed * 100_003 + epoch)
         model.train()
         running, seen = 0.0, 0
-        bar = tqdm(data, desc=f"{desc} {epoch + 1}/{cfg.epochs}", leave=False, mininterval=1.0,
-                   disable=not sys.stderr.isatty())
+        bar = tqdm(
+            data,
+            desc=f"{desc} {epoch + 1}/{cfg.epochs}",
+            leave=False,
+            mininterval=1.0,
+            disable=not sys.stderr.isatty(),
+        )
         for i, (x, y) in enumerate(bar):
             lr = lr_at(epoch * steps_per_epoch + i, total, warmup, cfg.lr, cfg.min_lr_ratio)
             for group in optimizer.param_groups:
@@ -135,15 +168,26 @@ def fit(model: nn.Module, train: ImageSet, val: ImageSet, cfg: TrainConfig, *, s
             seen += len(y)
             bar.set_postfix(loss=f"{running / seen:.4f}", lr=f"{lr:.2e}")
         val_loss, val_top1 = evaluate(model, val) if len(val) else (float("nan"), float("nan"))
-        row = {"epoch": epoch + 1, "train_loss": running / seen, "val_loss": val_loss,
-               "val_top1": val_top1, "lr": lr}
+        row = {
+            "epoch": epoch + 1,
+            "train_loss": running / seen,
+            "val_loss": val_loss,
+            "val_top1": val_top1,
+            "lr": lr,
+        }
         history.append(row)
-        tqdm.write(f"{desc} epoch {epoch + 1}/{cfg.epochs}: loss {row['train_loss']:.4f} "
-                   f"val loss {val_loss:.4f} val top-1 {val_top1:.2f}%")
+        tqdm.write(
+            f"{desc} epoch {epoch + 1}/{cfg.epochs}: loss {row['train_loss']:.4f} "
+            f"val loss {val_loss:.4f} val top-1 {val_top1:.2f}%"
+        )
         if live:
             _log(live, row)
-        checkpoint.save(checkpoint_dir, model, optimizer,
-                        {"fingerprint": key, "epoch": epoch + 1, "history": history})
+        checkpoint.save(
+            checkpoint_dir,
+            model,
+            optimizer,
+            {"fingerprint": key, "epoch": epoch + 1, "history": history},
+        )
         if on_epoch_end:
             on_epoch_end(epoch + 1)
     if live:

@@ -1,0 +1,73 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline import PipelineError
+from pipeline.config import ConfigError, load_params, parse_params
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _params(**changes):
+    data = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for dotted, value in changes.items():
+        *path, last = dotted.split(".")
+        node = data
+        for key in path:
+            node = node[key]
+        node[last] = value
+    return data
+
+
+def test_project_params_are_valid():
+    params = load_params(ROOT / "params.yaml")
+    assert params.train.variants == ["teacher-lora", "student-lora", "student-linear"]
+    assert params.backbone_kwargs("student")["img_size"] == params.data.image_size
+    assert isinstance(params.train.lr, float)
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"train.lr": -1}, "train.lr must be > 0, got -1"),
+        ({"train.epochs": "ten"}, "train.epochs: expected an integer, got 'ten'"),
+        ({"train.amp": "yes"}, "train.amp: expected true or false"),
+        ({"data.source": "mnist"}, "data.source must be one of digits, vtab, imagefolder"),
+        ({"merge.tolerance": 0}, "merge.tolerance must be > 0"),
+        ({"train.variants": ["pupil-lora"]}, "role 'pupil' has no backbone"),
+        ({"train.variants": ["student-lorax"]}, "unknown method 'lorax'"),
+        ({"train.variants": ["studentlora"]}, "is not <role>-<method>"),
+        ({"backbone.student.arch": "vit_nonexistent"}, "backbone.student.arch: unknown timm ViT"),
+        ({"backbone.student.kwargs.img_size": 64}, "must equal data.image_size"),
+        ({"backbone.student.weights": "imagenet"}, "backbone.student.weights must be"),
+    ],
+)
+def test_bad_values_name_their_key(changes, message):
+    with pytest.raises(PipelineError) as err:
+        parse_params(_params(**changes))
+    assert message in str(err.value)
+
+
+def test_unknown_key_is_named():
+    data = _params()
+    data["train"]["lrr"] = 0.1
+    with pytest.raises(ConfigError, match=r"train\.lrr: unknown key"):
+        parse_params(data)
+
+
+def test_missing_required_key_is_named():
+    data = _params()
+    del data["backbone"]["student"]["arch"]
+    with pytest.raises(ConfigError, match=r"backbone\.student\.arch: required key is missing"):
+        parse_params(data)
+
+
+def test_yaml_exponent_strings_are_floats():
+    params = parse_params(_params(**{"train.lr": "1e-3"}))
+    assert params.train.lr == pytest.approx(1e-3)
+
+
+def test_missing_params_file(tmp_path):
+    with pytest.raises(ConfigError, match="params file not found"):
+        load_params(tmp_path / "params.yaml")

@@ -1,0 +1,149 @@
+"""The real DVC pipeline, end to end, on a tiny setting of the embedded default data."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+import yaml
+from safetensors.torch import load_file
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+TINY_PARAMS = {
+    "data": {"image_size": 16},
+    "pretrain": {"num_classes": 4, "samples_per_class": 40, "epochs": 1, "batch_size": 64},
+    "backbone": {
+        "teacher": {"kwargs": {"patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2}},
+        "student": {"kwargs": {"patch_size": 8, "embed_dim": 16, "depth": 1, "num_heads": 2}},
+    },
+    "train": {"epochs": 2, "warmup_epochs": 1},
+    "benchmark": {"batch_sizes": [1, 4], "warmup": 1, "iterations": 3},
+}
+
+
+def _merge(base: dict, change: dict) -> dict:
+    for k, v in change.items():
+        base[k] = _merge(base.get(k, {}), v) if isinstance(v, dict) else v
+    return base
+
+
+def _project(tmp: Path, **changes) -> Path:
+    for name in ("pipeline", "stages", "serve"):
+        shutil.copytree(ROOT / name, tmp / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("dvc.yaml", ".dvc/config", ".dvcignore", ".gitignore"):
+        (tmp / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(ROOT / name, tmp / name)
+    params = _merge(yaml.safe_load((ROOT / "params.yaml").read_text()), TINY_PARAMS)
+    (tmp / "params.yaml").write_text(yaml.safe_dump(_merge(params, changes)))
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+    for cmd in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "project"]):
+        subprocess.run([*git, *cmd], cwd=tmp, check=True)
+    return tmp
+
+
+def _run(cwd: Path, *cmd: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1"}
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    tmp = _project(tmp_path_factory.mktemp("project"))
+    proc = _run(tmp, "dvc", "repro")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return tmp
+
+
+def _json(project: Path, name: str):
+    return json.loads((project / "metrics" / name).read_text())
+
+
+def test_metrics_contracts(project):
+    evaluate = _json(project, "evaluate.json")
+    names = {
+        "teacher-lora",
+        "student-lora",
+        "student-linear",
+        "teacher-lora-merged",
+        "student-lora-merged",
+    }
+    assert set(evaluate) == names
+    for name, row in evaluate.items():
+        assert 0 <= row["top1"] <= 100
+        assert row["top1_onnxruntime"] == pytest.approx(row["top1"], abs=0.2)
+        assert 0 < row["params_trainable"] < row["params_total"]
+    for name in ("teacher-lora", "student-lora"):
+        assert evaluate[f"{name}-merged"]["top1"] == pytest.approx(evaluate[name]["top1"], abs=0.2)
+
+    merge = _json(project, "merge.json")
+    assert set(merge) == {"teacher-lora-merged", "student-lora-merged"}
+    for row in merge.values():
+        assert row["max_abs_diff"] <= 1e-4
+        assert 0 < row["adapter_bytes"] < row["model_bytes"]
+
+    export = _json(project, "export.json")
+    assert set(export) == names
+    for row in export.values():
+        assert (project / row["onnx_path"]).is_file()
+        assert row["max_abs_diff"] <= 1e-4 and row["top1_agreement"] == 100.0
+
+    rows = _json(project, "benchmark.json")["rows"]
+    assert len(rows) == len(names) * 2 * 2  # models x backends x batch sizes
+    assert {r["backend"] for r in rows} == {"torch", "onnxruntime"}
+    for r in rows:
+        assert 0 < r["p50_ms"] <= r["p95_ms"] <= r["p99_ms"] and r["throughput"] > 0
+
+
+def test_outputs_people_look_at(project):
+    for png in ("plots/confusion.png", "plots/benchmark.png"):
+        assert (project / png).read_bytes().startswith(b"\x89PNG")
+    rows = json.loads((project / "plots/confusion/student-lora.json").read_text())
+    assert len(rows) == 797 and set(rows[0]) == {"actual", "predicted"}
+    live = json.loads((project / "dvclive/train/student-lora/metrics.json").read_text())
+    assert live["step"] == 1  # two epochs logged, steps 0 and 1
+
+
+def test_merged_model_is_plain_timm(project):
+    folder = project / "models/merged/student-lora-merged"
+    spec = json.loads((folder / "model.json").read_text())
+    model = timm.create_model(spec["arch"], num_classes=spec["num_classes"], **spec["kwargs"])
+    model.load_state_dict(load_file(folder / "model.safetensors"), strict=True)
+    assert model(torch.zeros(1, 3, 16, 16)).shape == (1, 10)
+
+
+def test_second_repro_does_nothing_and_experiments_run(project):
+    again = _run(project, "dvc", "repro")
+    assert again.returncode == 0
+    assert "Data and pipelines are up to date" in again.stdout
+    assert "Running stage" not in again.stdout
+
+    exp = _run(project, "dvc", "exp", "run", "-S", "train.epochs=1")
+    assert exp.returncode == 0, exp.stdout[-3000:] + exp.stderr[-3000:]
+    assert "Running stage 'backbone" not in exp.stdout  # only what the change touches reruns
+    meta = json.loads((project / "models/adapters/student-lora/adapter.json").read_text())
+    assert len(meta["history"]) == 1
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        (
+            {"data": {"source": "imagefolder", "path": "/no/such/folder"}},
+            "error: data.path: ImageFolder root '/no/such/folder' does not exist or is not a folder",
+        ),
+        ({"train": {"lr": -1}}, "error: train.lr must be > 0, got -1"),
+    ],
+)
+def test_bad_input_is_one_clear_line(tmp_path, changes, message):
+    project = _project(tmp_path, **changes)
+    proc = _run(project, sys.executable, "-m", "stages.prepare")
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [message]

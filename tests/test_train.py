@@ -1,0 +1,133 @@
+import itertools
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from pipeline import adapters
+from pipeline.config import TrainConfig
+from pipeline.train import evaluate, fit
+from pipeline.train.loop import lr_at
+
+JOB = Path(__file__).with_name("train_job.py")
+ROOT = JOB.parents[1]
+
+
+def test_schedule_warms_up_then_decays_by_cosine():
+    lrs = [lr_at(s, total=100, warmup=10, base=1.0, min_ratio=0.1) for s in range(100)]
+    assert lrs[0] == pytest.approx(0.1)
+    assert lrs[9] == pytest.approx(1.0)
+    assert lrs[10] == pytest.approx(1.0)
+    assert lrs[55] == pytest.approx(0.1 + 0.9 * 0.5, abs=1e-6)
+    assert lrs[-1] == pytest.approx(0.1, abs=1e-3)
+    assert all(a >= b for a, b in itertools.pairwise(lrs))
+
+
+def test_fit_learns_and_cleans_up(tmp_path, tiny_vit, glyph_data):
+    model = adapters.inject(tiny_vit(), "lora", rank=4)
+    loss_before, _ = evaluate(model, glyph_data)
+    cfg = TrainConfig(epochs=6, batch_size=16, lr=1e-2, warmup_epochs=1)
+    history = fit(
+        model,
+        glyph_data,
+        glyph_data,
+        cfg,
+        seed=0,
+        checkpoint_dir=tmp_path / "ck",
+        live_dir=tmp_path / "live",
+    )
+    assert [h["epoch"] for h in history] == list(range(1, 7))
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    loss_after, top1 = evaluate(model, glyph_data)
+    assert loss_after < 0.8 * loss_before
+    assert top1 > 50  # 4 classes: chance is 25%
+    assert not (tmp_path / "ck").exists(), "a finished run leaves no checkpoint"
+    metrics = json.loads((tmp_path / "live" / "metrics.json").read_text())
+    assert metrics["step"] == 5 and "val" in metrics
+    assert (tmp_path / "live" / "plots" / "metrics" / "train" / "loss.tsv").is_file()
+
+
+def test_fit_refuses_a_model_with_nothing_to_train(tmp_path, tiny_vit, glyph_data):
+    model = tiny_vit().requires_grad_(False)
+    with pytest.raises(ValueError, match="no trainable parameters"):
+        fit(model, glyph_data, glyph_data, TrainConfig(epochs=1), seed=0, checkpoint_dir=tmp_path)
+
+
+def _run(args, **kw):
+    return subprocess.run(
+        [sys.executable, str(JOB), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        **kw,
+    )
+
+
+def test_sigkill_then_resume_matches_an_unbroken_run(tmp_path):
+    full = _run([str(tmp_path / "ck_full"), str(tmp_path / "full.safetensors")])
+    assert full.returncode == 0, full.stderr
+
+    ck = tmp_path / "ck"
+    proc = subprocess.Popen(
+        [sys.executable, str(JOB), str(ck), str(tmp_path / "x"), "--slow"],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 120
+    while not (ck / "last.json").is_file() and time.time() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert json.loads((ck / "last.json").read_text())["epoch"] == 1
+
+    resumed = _run([str(ck), str(tmp_path / "resumed.safetensors")])
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming from the checkpoint of epoch 1/4" in resumed.stderr + resumed.stdout
+    a, b = load_file(tmp_path / "full.safetensors"), load_file(tmp_path / "resumed.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=0, atol=1e-6)
+
+
+class _Crash(Exception):
+    pass
+
+
+def _crash_after_first_epoch(epoch: int) -> None:
+    raise _Crash
+
+
+def test_a_checkpoint_of_another_run_is_not_resumed(tmp_path, tiny_vit, glyph_data):
+    cfg = TrainConfig(epochs=2, batch_size=32, lr=1e-2)
+    ck = tmp_path / "ck"
+    model = adapters.inject(tiny_vit(), "lora")
+    with pytest.raises(_Crash):
+        fit(
+            model,
+            glyph_data,
+            glyph_data,
+            cfg,
+            seed=0,
+            checkpoint_dir=ck,
+            on_epoch_end=_crash_after_first_epoch,
+        )
+    assert json.loads((ck / "last.json").read_text())["epoch"] == 1
+    # same model, another learning rate: the old state must not be used
+    other = TrainConfig(epochs=2, batch_size=32, lr=5e-3)
+    history = fit(
+        adapters.inject(tiny_vit(), "lora"),
+        glyph_data,
+        glyph_data,
+        other,
+        seed=0,
+        checkpoint_dir=ck,
+    )
+    assert [h["epoch"] for h in history] == [1, 2]  # trained from scratch, not resumed
