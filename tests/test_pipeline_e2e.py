@@ -76,7 +76,7 @@ def test_metrics_contracts(project):
         "student-lora-merged",
     }
     assert set(evaluate) == names
-    for name, row in evaluate.items():
+    for row in evaluate.values():
         assert 0 <= row["top1"] <= 100
         assert row["top1_onnxruntime"] == pytest.approx(row["top1"], abs=0.2)
         assert 0 < row["params_trainable"] < row["params_total"]
@@ -137,7 +137,8 @@ def test_second_repro_does_nothing_and_experiments_run(project):
     [
         (
             {"data": {"source": "imagefolder", "path": "/no/such/folder"}},
-            "error: data.path: ImageFolder root '/no/such/folder' does not exist or is not a folder",
+            "error: data.path: ImageFolder root '/no/such/folder' does not exist or is not a "
+            "folder",
         ),
         ({"train": {"lr": -1}}, "error: train.lr must be > 0, got -1"),
     ],
