@@ -85,3 +85,22 @@ def latency_bars(rows: list[dict], path: str | Path) -> None:
         ax.set_title(f"batch {bs}")
         ax.legend(fontsize=8)
     _save(fig, path)
+
+
+def ratio_bars(ratios: dict[str, dict[str, float]], path: str | Path) -> None:
+    """Unmerged / merged latency per model, one bar per backend@batch: the cost of not merging."""
+    names = list(ratios)
+    keys = sorted({k for r in ratios.values() for k in r})
+    fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(names) * len(keys) / 2), 4))
+    width = 0.8 / max(1, len(keys))
+    for k, key in enumerate(keys):
+        xs = [i + k * width for i, n in enumerate(names) if key in ratios[n]]
+        ax.bar(xs, [ratios[n][key] for n in names if key in ratios[n]], width, label=key)
+    ax.axhline(1.0, color="black", linewidth=0.8)
+    ax.set_xticks(
+        [i + 0.4 - width / 2 for i in range(len(names))], names, rotation=30, ha="right", fontsize=8
+    )
+    ax.set_ylabel("p50 latency unmerged / merged")
+    ax.set_title("what not merging costs")
+    ax.legend(fontsize=7)
+    _save(fig, path)

@@ -12,7 +12,7 @@ from pipeline.cli import run_stage
 from pipeline.config import load_params
 from pipeline.data import load_split, to_tensor
 from pipeline.io import write_json
-from pipeline.plots import latency_bars
+from pipeline.plots import latency_bars, ratio_bars
 from pipeline.variants import parse_variant
 from serve.backends import OnnxRuntimeBackend, TorchBackend
 
@@ -37,10 +37,10 @@ def main(argv: list[str]) -> None:
                     f"{name:28s} {backend.name:12s} batch {bs:3d}: p50 {stats['p50_ms']:8.3f} ms"
                     f"  p99 {stats['p99_ms']:8.3f} ms  {stats['throughput']:9.1f} img/s"
                 )
-    write_json(
-        paths.METRICS / "benchmark.json", {"rows": rows, "unmerged_over_merged": _ratios(rows)}
-    )
+    ratios = _ratios(rows)
+    write_json(paths.METRICS / "benchmark.json", {"rows": rows, "unmerged_over_merged": ratios})
     latency_bars(rows, paths.PLOTS / "benchmark.png")
+    ratio_bars(ratios, paths.PLOTS / "merge_speedup.png")
 
 
 def _ratios(rows: list[dict]) -> dict[str, dict[str, float]]:

@@ -24,7 +24,18 @@ TINY_PARAMS = {
         "teacher": {"kwargs": {"patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2}},
         "student": {"kwargs": {"patch_size": 8, "embed_dim": 16, "depth": 1, "num_heads": 2}},
     },
-    "train": {"epochs": 2, "warmup_epochs": 1},
+    "train": {
+        "epochs": 2,
+        "warmup_epochs": 1,
+        # one of each kind: LoRA on both roles, a shared-parameter adapter, an unmergeable one
+        "variants": [
+            "teacher-lora",
+            "student-lora",
+            "student-arc",
+            "student-adapter",
+            "student-linear",
+        ],
+    },
     "benchmark": {"batch_sizes": [1, 4], "warmup": 1, "iterations": 3},
 }
 
@@ -71,20 +82,23 @@ def test_metrics_contracts(project):
     names = {
         "teacher-lora",
         "student-lora",
+        "student-arc",
+        "student-adapter",
         "student-linear",
         "teacher-lora-merged",
         "student-lora-merged",
+        "student-arc-merged",
     }
     assert set(evaluate) == names
     for row in evaluate.values():
         assert 0 <= row["top1"] <= 100
         assert row["top1_onnxruntime"] == pytest.approx(row["top1"], abs=0.2)
         assert 0 < row["params_trainable"] < row["params_total"]
-    for name in ("teacher-lora", "student-lora"):
+    for name in ("teacher-lora", "student-lora", "student-arc"):
         assert evaluate[f"{name}-merged"]["top1"] == pytest.approx(evaluate[name]["top1"], abs=0.2)
 
     merge = _json(project, "merge.json")
-    assert set(merge) == {"teacher-lora-merged", "student-lora-merged"}
+    assert set(merge) == {"teacher-lora-merged", "student-lora-merged", "student-arc-merged"}
     for row in merge.values():
         assert row["max_abs_diff"] <= 1e-4
         assert 0 < row["adapter_bytes"] < row["model_bytes"]
@@ -95,15 +109,17 @@ def test_metrics_contracts(project):
         assert (project / row["onnx_path"]).is_file()
         assert row["max_abs_diff"] <= 1e-4 and row["top1_agreement"] == 100.0
 
-    rows = _json(project, "benchmark.json")["rows"]
+    bench = _json(project, "benchmark.json")
+    rows = bench["rows"]
     assert len(rows) == len(names) * 2 * 2  # models x backends x batch sizes
+    assert set(bench["unmerged_over_merged"]) == {"teacher-lora", "student-lora", "student-arc"}
     assert {r["backend"] for r in rows} == {"torch", "onnxruntime"}
     for r in rows:
         assert 0 < r["p50_ms"] <= r["p95_ms"] <= r["p99_ms"] and r["throughput"] > 0
 
 
 def test_outputs_people_look_at(project):
-    for png in ("plots/confusion.png", "plots/benchmark.png"):
+    for png in ("plots/confusion.png", "plots/benchmark.png", "plots/merge_speedup.png"):
         assert (project / png).read_bytes().startswith(b"\x89PNG")
     rows = json.loads((project / "plots/confusion/student-lora.json").read_text())
     assert len(rows) == 797 and set(rows[0]) == {"actual", "predicted"}

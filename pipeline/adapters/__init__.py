@@ -1,5 +1,6 @@
 """Adapters: one module per method behind one registry (inject, train, merge, store compactly)."""
 
+from pipeline.adapters.peft_import import merge_peft_lora
 from pipeline.adapters.registry import (
     METHODS,
     adapter_spec,
@@ -20,6 +21,7 @@ __all__ = [
     "is_mergeable",
     "load_trainable",
     "merge",
+    "merge_peft_lora",
     "param_counts",
     "trainable_state",
 ]

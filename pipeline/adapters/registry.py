@@ -9,10 +9,22 @@ import torch
 from timm.models.vision_transformer import VisionTransformer
 
 from pipeline import PipelineError
-from pipeline.adapters import linear, lora
+from pipeline.adapters import arc, bottleneck, consolidator, linear, lora, ssf
 from pipeline.adapters.base import Method
 
-_REGISTRY: dict[str, Method] = {m.name: m for m in (lora.METHOD, linear.METHOD)}
+_REGISTRY: dict[str, Method] = {
+    m.name: m
+    for m in (
+        lora.METHOD,
+        lora.METHOD_QKV,
+        arc.METHOD,
+        arc.METHOD_ATT,
+        consolidator.METHOD,
+        ssf.METHOD,
+        bottleneck.METHOD,
+        linear.METHOD,
+    )
+}
 METHODS: tuple[str, ...] = tuple(_REGISTRY)
 
 

@@ -1,0 +1,73 @@
+"""iDAT's bottleneck adapter: x <- x + W2 GELU(W1 x + b1) + b2, width 4 by default.
+
+Sequential after each block (official), or AdaptFormer's placement: parallel to the MLP, on the
+MLP's input, scaled by 0.1. The GELU makes it nonlinear: it cannot be merged, so models with it
+are exported and served unmerged.
+"""
+
+from __future__ import annotations
+
+import torch
+from timm.models.vision_transformer import VisionTransformer
+from torch import nn
+
+from pipeline.adapters.base import Method
+
+
+class Bottleneck(nn.Module):
+    def __init__(self, dim: int, width: int) -> None:
+        super().__init__()
+        self.down = nn.Linear(dim, width)  # default Linear init, as the official code
+        self.act = nn.GELU()
+        self.up = nn.Linear(width, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.up(self.act(self.down(x)))
+
+
+class SequentialAdapter(nn.Module):
+    """A block followed by its adapter: out = block(x); out + adapter(out)."""
+
+    def __init__(self, block: nn.Module, width: int, dim: int) -> None:
+        super().__init__()
+        self.block = block
+        self.adapter = Bottleneck(dim, width)
+
+    def forward(self, x: torch.Tensor, **kwargs) -> torch.Tensor:
+        out = self.block(x, **kwargs)
+        return out + self.adapter(out)
+
+
+class ParallelAdapter(nn.Module):
+    """AdaptFormer: mlp(h) + scale * adapter(h), on the MLP's input h."""
+
+    def __init__(self, mlp: nn.Module, width: int, dim: int, scale: float) -> None:
+        super().__init__()
+        self.mlp = mlp
+        self.adapter = Bottleneck(dim, width)
+        self.scale = scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.mlp(x) + self.scale * self.adapter(x)
+
+
+def inject(model: VisionTransformer, width: int, placement: str, scale: float) -> None:
+    if width < 1:
+        raise ValueError(f"width must be >= 1, got {width}")
+    dim = model.embed_dim
+    if placement == "sequential":
+        for i, block in enumerate(model.blocks):
+            model.blocks[i] = SequentialAdapter(block, width, dim)
+    elif placement == "parallel":
+        for block in model.blocks:
+            block.mlp = ParallelAdapter(block.mlp, width, dim, scale)
+    else:
+        raise ValueError(f"placement must be sequential or parallel, got {placement!r}")
+
+
+METHOD = Method(
+    name="adapter",
+    inject=inject,
+    merge=None,
+    defaults={"width": 4, "placement": "sequential", "scale": 0.1},
+)
