@@ -1,7 +1,8 @@
 """Trained variants on disk: a compact adapter file beside a JSON that says how to rebuild it.
 
-`models/adapters/<variant>/adapter.safetensors` holds only what the method trained (adapters and
-head); `adapter.json` names the frozen backbone folder, the method and its options.
+`<variant folder>/adapter.safetensors` holds only what the method trained (adapters and head);
+`adapter.json` names the frozen backbone folder, the method and its options. Variants trained
+alone live in models/adapters, distilled ones in models/distilled (see Variant.folder).
 """
 
 from __future__ import annotations
@@ -21,9 +22,28 @@ ADAPTER_FILE = "adapter.safetensors"
 ADAPTER_META = "adapter.json"
 
 
-def save_variant(folder: str | Path, model: torch.nn.Module, meta: dict[str, Any]) -> None:
+def save_variant(
+    folder: str | Path,
+    model: torch.nn.Module,
+    *,
+    name: str,
+    backbone: Path,
+    classes: list[str],
+    history: list[dict],
+    **extra: Any,
+) -> None:
+    """Save a trained variant: its compact state and how to rebuild it."""
     folder = Path(folder)
     save_tensors(folder / ADAPTER_FILE, adapters.trainable_state(model))
+    meta = {
+        "variant": name,
+        "backbone": str(backbone),
+        "num_classes": len(classes),
+        "classes": classes,
+        **adapters.param_counts(model),
+        "history": history,
+        **extra,
+    }
     write_json(folder / ADAPTER_META, {**meta, **adapters.adapter_spec(model)})
 
 
@@ -44,13 +64,16 @@ def merges(variant: Variant) -> bool:
     return adapters.has_adapters(variant.method) and adapters.is_mergeable(variant.method)
 
 
-def deployables(variants: list[Variant]) -> list[str]:
-    """Every model the downstream stages handle: each variant, then each merged form."""
-    return [v.name for v in variants] + [v.merged_name for v in variants if merges(v)]
+def deployables(variants: list[Variant]) -> dict[str, Variant]:
+    """Every model the downstream stages handle (each variant, then each merged form), mapped
+    to the variant it comes from."""
+    out = {v.name: v for v in variants}
+    out.update({v.merged_name: v for v in variants if merges(v)})
+    return out
 
 
-def load_deployable(name: str) -> torch.nn.Module:
+def load_deployable(name: str, variant: Variant) -> torch.nn.Module:
     """A model by its deployable name: `<variant>` (with adapters) or `<variant>-merged`."""
-    if name.endswith("-merged"):
+    if name == variant.merged_name:
         return models.load_model(paths.MERGED / name).eval()
-    return load_variant(paths.ADAPTERS / name)[0]
+    return load_variant(variant.folder)[0]

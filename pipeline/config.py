@@ -90,9 +90,41 @@ class TrainConfig:
     weight_decay: float = _check(_non_negative, 0.0)
     warmup_epochs: float = _check(_non_negative, 1.0)
     min_lr_ratio: float = _check(_fraction, 0.0)
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     grad_clip: float = _check(_non_negative, 1.0)  # 0 disables clipping
     amp: bool = True  # autocast on CUDA only; ignored on CPU
     num_workers: int = _check(_non_negative, 0)
+
+
+@dataclass(frozen=True)
+class IdatConfig:
+    kd: str = _check(_one_of("mse", "kl"), "mse")  # mse: the official script; kl: argparse default
+    temperature: float = _check(_positive, 5.0)  # for kd: kl only
+
+
+@dataclass(frozen=True)
+class WecoloraConfig:
+    ratio: int = _check(_positive, 2)  # keep one teacher block in `ratio`
+    keep: str = _check(_one_of("first", "last"), "first")
+    loss: str = _check(_one_of("l1", "per_block", "l1_kl"), "l1")
+    few_shot: float = _check(lambda v: None if 0 < v <= 1 else "must be in (0, 1]", 0.1)
+    recipe: dict[str, Any] = field(default_factory=dict)  # train.* overrides for distillation
+
+
+@dataclass(frozen=True)
+class KDConfig:
+    teacher: str = "teacher-lora"  # a variant of train.variants
+    task_weight: float = _check(_non_negative, 0.5)
+    distill_weight: float = _check(_non_negative, 0.5)
+    temperature: float = _check(_positive, 2.0)
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    variants: list[str] = field(default_factory=list)  # <role>-<method>-<idat|wecolora|kd>
+    idat: IdatConfig = field(default_factory=IdatConfig)
+    wecolora: WecoloraConfig = field(default_factory=WecoloraConfig)
+    kd: KDConfig = field(default_factory=KDConfig)
 
 
 @dataclass(frozen=True)
@@ -122,6 +154,7 @@ class Params:
     backbone: dict[str, BackboneConfig] = field(default_factory=dict)
     train: TrainConfig = field(default_factory=TrainConfig)
     adapters: dict[str, dict[str, Any]] = field(default_factory=dict)
+    distill: DistillConfig = field(default_factory=DistillConfig)
     merge: MergeConfig = field(default_factory=MergeConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
@@ -219,9 +252,28 @@ def parse_params(data: dict[str, Any]) -> Params:
                 f"backbone.{role}.weights must be pretrain, timm, none or a "
                 f"checkpoint path, got {cfg.weights!r}"
             )
-    for name in params.train.variants:
-        parse_variant(name, params)
+    for key, distilled in (("train.variants", False), ("distill.variants", True)):
+        for name in getattr(params, key.split(".")[0]).variants:
+            try:
+                variant = parse_variant(name, params)
+            except PipelineError as e:
+                raise ConfigError(f"{key}: {e}") from None
+            if bool(variant.distill) != distilled:
+                where = "distill.variants" if variant.distill else "train.variants"
+                raise ConfigError(f"{key}: '{name}' belongs in {where}")
+    uses_kd = any(v.endswith("-kd") for v in params.distill.variants)
+    if uses_kd and params.distill.kd.teacher not in params.train.variants:
+        raise ConfigError(
+            f"distill.kd.teacher '{params.distill.kd.teacher}' must be one of "
+            "train.variants (it is trained first)"
+        )
+    override(params.train, params.distill.wecolora.recipe, "distill.wecolora.recipe")
     return params
+
+
+def override(base: TrainConfig, changes: dict[str, Any], key: str) -> TrainConfig:
+    """`base` with `changes` applied, validated like params.yaml itself (errors name `key`)."""
+    return _build(TrainConfig, {**dataclasses.asdict(base), **changes}, key)
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:

@@ -7,6 +7,7 @@ DOWNSTREAM = PREPARED / "downstream"
 SOURCE = PREPARED / "source"
 BACKBONES = Path("models/backbone")
 ADAPTERS = Path("models/adapters")
+DISTILLED = Path("models/distilled")
 MERGED = Path("models/merged")
 ONNX = Path("models/onnx")
 METRICS = Path("metrics")

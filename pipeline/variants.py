@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pipeline import PipelineError
 
 if TYPE_CHECKING:
     from pipeline.config import Params
+
+
+DISTILLATIONS = ("idat", "wecolora", "kd")
 
 
 @dataclass(frozen=True)
@@ -22,23 +26,41 @@ class Variant:
     def merged_name(self) -> str:
         return f"{self.name}-merged"
 
+    @property
+    def folder(self) -> Path:
+        """Where the train or distill stage writes this variant."""
+        from pipeline import paths
+
+        return (paths.DISTILLED if self.distill else paths.ADAPTERS) / self.name
+
 
 def parse_variant(name: str, params: Params) -> Variant:
     from pipeline.adapters import METHODS
 
     parts = name.split("-")
     if len(parts) not in (2, 3):
-        raise PipelineError(f"train.variants: '{name}' is not <role>-<method>[-<distillation>]")
+        raise PipelineError(f"'{name}' is not <role>-<method>[-<distillation>]")
     role, method = parts[0], parts[1]
     if role not in params.backbone:
         raise PipelineError(
-            f"train.variants: '{name}': role '{role}' has no backbone "
+            f"'{name}': role '{role}' has no backbone "
             f"(backbone defines {', '.join(params.backbone) or 'none'})"
         )
     if method not in METHODS:
+        raise PipelineError(f"'{name}': unknown method '{method}' (known: {', '.join(METHODS)})")
+    distill = parts[2] if len(parts) == 3 else None
+    if distill is not None and distill not in DISTILLATIONS:
         raise PipelineError(
-            f"train.variants: '{name}': unknown method '{method}' (known: {', '.join(METHODS)})"
+            f"'{name}': unknown distillation '{distill}' (known: {', '.join(DISTILLATIONS)})"
         )
-    if len(parts) == 3:
-        raise PipelineError(f"train.variants: '{name}': unknown distillation '{parts[2]}'")
-    return Variant(name, role, method)
+    if distill and role != "student":
+        raise PipelineError(
+            f"'{name}': a distilled variant is the student (its teacher comes "
+            f"with it): list student-{method}-{distill}"
+        )
+    return Variant(name, role, method, distill)
+
+
+def all_variants(params: Params) -> list[Variant]:
+    """Every variant a run makes: trained alone, then distilled."""
+    return [parse_variant(n, params) for n in [*params.train.variants, *params.distill.variants]]

@@ -13,7 +13,7 @@ from pipeline.config import load_params
 from pipeline.data import load_split, to_tensor
 from pipeline.io import write_json
 from pipeline.plots import latency_bars, ratio_bars
-from pipeline.variants import parse_variant
+from pipeline.variants import all_variants
 from serve.backends import OnnxRuntimeBackend, TorchBackend
 
 
@@ -23,9 +23,9 @@ def main(argv: list[str]) -> None:
     torch.set_num_threads(cfg.threads)
     images = to_tensor(load_split(paths.DOWNSTREAM / "test.npz").images).numpy()
     rows = []
-    for name in deployables([parse_variant(n, params) for n in params.train.variants]):
+    for name, variant in deployables(all_variants(params)).items():
         backends = [
-            TorchBackend(load_deployable(name)),
+            TorchBackend(load_deployable(name, variant)),
             OnnxRuntimeBackend(paths.ONNX / name / "model.onnx", threads=cfg.threads),
         ]
         for backend in backends:
@@ -38,19 +38,27 @@ def main(argv: list[str]) -> None:
                     f"  p99 {stats['p99_ms']:8.3f} ms  {stats['throughput']:9.1f} img/s"
                 )
     ratios = _ratios(rows)
-    write_json(paths.METRICS / "benchmark.json", {"rows": rows, "unmerged_over_merged": ratios})
+    report = {"rows": rows, "unmerged_over_merged": ratios}
+    if "teacher-linear" in params.train.variants:  # the plain teacher: what WeCoLoRA shrinks
+        report["over_teacher"] = _ratios(rows, lambda name: "teacher-linear", "-wecolora-merged")
+    write_json(paths.METRICS / "benchmark.json", report)
     latency_bars(rows, paths.PLOTS / "benchmark.png")
     ratio_bars(ratios, paths.PLOTS / "merge_speedup.png")
 
 
-def _ratios(rows: list[dict]) -> dict[str, dict[str, float]]:
-    """p50 latency of each unmerged model over its merged form, same backend and batch size."""
+def _ratios(
+    rows: list[dict],
+    reference=lambda name: f"{name}-merged",
+    suffix: str = "",
+) -> dict[str, dict[str, float]]:
+    """p50 latency of each model (names ending in `suffix`) over its reference model, same
+    backend and batch size; by default each unmerged model over its merged form."""
     p50 = {(r["variant"], r["backend"], r["batch_size"]): r["p50_ms"] for r in rows}
     out: dict[str, dict[str, float]] = {}
     for (name, backend, bs), value in p50.items():
-        merged = p50.get((f"{name}-merged", backend, bs))
-        if merged:
-            out.setdefault(name, {})[f"{backend}@{bs}"] = value / merged
+        ref = p50.get((reference(name), backend, bs))
+        if ref and name.endswith(suffix):
+            out.setdefault(name, {})[f"{backend}@{bs}"] = value / ref
     return out
 
 

@@ -6,14 +6,14 @@ import numpy as np
 import torch
 
 from pipeline import paths
-from pipeline.artifacts import ADAPTER_META, deployables, load_deployable
+from pipeline.artifacts import ADAPTER_META, deployables, load_deployable, load_variant
 from pipeline.cli import run_stage
 from pipeline.config import load_params
 from pipeline.data import load_split, to_tensor
 from pipeline.io import read_json, write_json
 from pipeline.plots import confusion_grid, confusion_matrix
 from pipeline.train.loop import predict
-from pipeline.variants import parse_variant
+from pipeline.variants import all_variants
 from serve.backends import OnnxRuntimeBackend, run_batched
 
 
@@ -22,19 +22,20 @@ def main(argv: list[str]) -> None:
     test = load_split(paths.DOWNSTREAM / "test.npz")
     images = to_tensor(test.images).numpy()
     report, matrices = {}, {}
-    for name in deployables([parse_variant(n, params) for n in params.train.variants]):
-        preds = predict(load_deployable(name), test).argmax(1).numpy()
+    for name, variant in deployables(all_variants(params)).items():
+        preds = predict(load_deployable(name, variant), test).argmax(1).numpy()
         ort_preds = run_batched(
             OnnxRuntimeBackend(paths.ONNX / name / "model.onnx"), images
         ).argmax(1)
-        trained = read_json(paths.ADAPTERS / name.removesuffix("-merged") / ADAPTER_META)
+        trained = read_json(variant.folder / ADAPTER_META)
         report[name] = {
             "top1": float((preds == test.labels).mean() * 100),
             "top1_onnxruntime": float((ort_preds == test.labels).mean() * 100),
             "params_trainable": trained["params_trainable"],
             "params_total": trained["params_total"],
         }
-        matrices[name] = confusion_matrix(test.labels, preds, len(test.classes))
+        if name == variant.name:  # a merged form predicts the same: one matrix per variant
+            matrices[name] = confusion_matrix(test.labels, preds, len(test.classes))
         rows = [
             {"actual": test.classes[a], "predicted": test.classes[p]}
             for a, p in zip(test.labels, preds)
@@ -44,6 +45,16 @@ def main(argv: list[str]) -> None:
             f"{name}: top-1 {report[name]['top1']:.2f}% (torch), "
             f"{report[name]['top1_onnxruntime']:.2f}% (ONNX Runtime)"
         )
+    for variant in all_variants(params):
+        if variant.distill == "idat":  # its teacher is discarded after training: torch only
+            teacher, meta = load_variant(variant.folder / "teacher")
+            top1 = (predict(teacher, test).argmax(1).numpy() == test.labels).mean() * 100
+            report[meta["variant"]] = {
+                "top1": float(top1),
+                "params_trainable": meta["params_trainable"],
+                "params_total": meta["params_total"],
+            }
+            print(f"{meta['variant']}: top-1 {top1:.2f}% (torch; the iDAT teacher)")
     write_json(paths.METRICS / "evaluate.json", report)
     confusion_grid(matrices, test.classes, paths.PLOTS / "confusion.png")
 

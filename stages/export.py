@@ -13,7 +13,7 @@ from pipeline.data import load_split, to_tensor
 from pipeline.export import export_onnx
 from pipeline.io import write_json
 from pipeline.train.loop import predict
-from pipeline.variants import parse_variant
+from pipeline.variants import all_variants
 from serve.backends import OnnxRuntimeBackend, run_batched
 
 
@@ -22,8 +22,8 @@ def main(argv: list[str]) -> None:
     test = load_split(paths.DOWNSTREAM / "test.npz")
     images = to_tensor(test.images).numpy()
     report = {}
-    for name in deployables([parse_variant(n, params) for n in params.train.variants]):
-        model = load_deployable(name)
+    for name, variant in deployables(all_variants(params)).items():
+        model = load_deployable(name, variant)
         path = export_onnx(
             model, paths.ONNX / name / "model.onnx", params.data.image_size, params.export.opset
         )

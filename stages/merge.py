@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import timm
 import torch
 
@@ -12,19 +14,19 @@ from pipeline.config import load_params
 from pipeline.data import load_split
 from pipeline.io import read_json, write_json
 from pipeline.train.loop import predict
-from pipeline.variants import parse_variant
+from pipeline.variants import all_variants
 
 
 def main(argv: list[str]) -> None:
     params = load_params()
     test = load_split(paths.DOWNSTREAM / "test.npz")
     report = {}
-    for variant in (parse_variant(n, params) for n in params.train.variants):
+    for variant in all_variants(params):
         if not merges(variant):
             continue
-        model, meta = load_variant(paths.ADAPTERS / variant.name)
+        model, meta = load_variant(variant.folder)
         merged = adapters.merge(model)
-        spec = read_json(paths.BACKBONES / variant.role / "model.json")
+        spec = read_json(Path(meta["backbone"]) / "model.json")
         # The contract: a plain timm model, loadable strictly by someone without this project.
         plain = timm.create_model(spec["arch"], num_classes=meta["num_classes"], **spec["kwargs"])
         plain.load_state_dict(merged.state_dict(), strict=True)
@@ -49,7 +51,7 @@ def main(argv: list[str]) -> None:
             "merged_from": variant.name,
             "max_abs_diff": diff,
             "top1_agreement": agree,
-            "adapter_bytes": (paths.ADAPTERS / variant.name / ADAPTER_FILE).stat().st_size,
+            "adapter_bytes": (variant.folder / ADAPTER_FILE).stat().st_size,
             "model_bytes": (folder / "model.safetensors").stat().st_size,
             "params_total": sum(p.numel() for p in plain.parameters()),
         }

@@ -6,6 +6,7 @@ import yaml
 from pipeline import PipelineError
 from pipeline.adapters import METHODS
 from pipeline.config import ConfigError, load_params, parse_params
+from pipeline.variants import DISTILLATIONS, all_variants
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -25,7 +26,8 @@ def test_project_params_are_valid():
     params = load_params(ROOT / "params.yaml")
     assert {"teacher-lora", "student-lora", "student-linear"} <= set(params.train.variants)
     # the default run trains every registered method
-    assert {v.split("-")[1] for v in params.train.variants} == set(METHODS)
+    assert {v.method for v in all_variants(params)} == set(METHODS)
+    assert {v.distill for v in all_variants(params)} == {None, *DISTILLATIONS}
     assert params.backbone_kwargs("student")["img_size"] == params.data.image_size
     assert isinstance(params.train.lr, float)
 
@@ -44,6 +46,14 @@ def test_project_params_are_valid():
         ({"backbone.student.arch": "vit_nonexistent"}, "backbone.student.arch: unknown timm ViT"),
         ({"backbone.student.kwargs.img_size": 64}, "must equal data.image_size"),
         ({"backbone.student.weights": "imagenet"}, "backbone.student.weights must be"),
+        ({"distill.variants": ["student-lora-dino"]}, "unknown distillation 'dino'"),
+        ({"distill.variants": ["teacher-lora-kd"]}, "a distilled variant is the student"),
+        ({"distill.variants": ["student-lora"]}, "'student-lora' belongs in train.variants"),
+        ({"train.variants": ["student-lora-kd"]}, "belongs in distill.variants"),
+        ({"distill.kd.teacher": "teacher-ssf"}, "distill.kd.teacher 'teacher-ssf' must be one of"),
+        ({"distill.wecolora.few_shot": 0}, "distill.wecolora.few_shot must be in (0, 1]"),
+        ({"distill.wecolora.recipe": {"lr": -1}}, "distill.wecolora.recipe.lr must be > 0"),
+        ({"distill.idat.kd": "l2"}, "distill.idat.kd must be one of mse, kl"),
     ],
 )
 def test_bad_values_name_their_key(changes, message):

@@ -36,6 +36,10 @@ TINY_PARAMS = {
             "student-linear",
         ],
     },
+    "distill": {
+        "variants": ["student-lora-kd", "student-lora_qkv-wecolora"],
+        "wecolora": {"recipe": {"epochs": 1}},
+    },
     "benchmark": {"batch_sizes": [1, 4], "warmup": 1, "iterations": 3},
 }
 
@@ -88,6 +92,10 @@ def test_metrics_contracts(project):
         "teacher-lora-merged",
         "student-lora-merged",
         "student-arc-merged",
+        "student-lora-kd",
+        "student-lora-kd-merged",
+        "student-lora_qkv-wecolora",
+        "student-lora_qkv-wecolora-merged",
     }
     assert set(evaluate) == names
     for row in evaluate.values():
@@ -98,7 +106,7 @@ def test_metrics_contracts(project):
         assert evaluate[f"{name}-merged"]["top1"] == pytest.approx(evaluate[name]["top1"], abs=0.2)
 
     merge = _json(project, "merge.json")
-    assert set(merge) == {"teacher-lora-merged", "student-lora-merged", "student-arc-merged"}
+    assert set(merge) == {n for n in names if n.endswith("-merged")}
     for row in merge.values():
         assert row["max_abs_diff"] <= 1e-4
         assert 0 < row["adapter_bytes"] < row["model_bytes"]
@@ -112,7 +120,7 @@ def test_metrics_contracts(project):
     bench = _json(project, "benchmark.json")
     rows = bench["rows"]
     assert len(rows) == len(names) * 2 * 2  # models x backends x batch sizes
-    assert set(bench["unmerged_over_merged"]) == {"teacher-lora", "student-lora", "student-arc"}
+    assert set(bench["unmerged_over_merged"]) == {n[: -len("-merged")] for n in merge}
     assert {r["backend"] for r in rows} == {"torch", "onnxruntime"}
     for r in rows:
         assert 0 < r["p50_ms"] <= r["p95_ms"] <= r["p99_ms"] and r["throughput"] > 0

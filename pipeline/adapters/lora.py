@@ -119,11 +119,18 @@ METHOD = Method(
     defaults={"rank": 8, "alpha": 8.0, "targets": ["qkv", "proj", "fc1", "fc2"], "dropout": 0.0},
 )
 
-# Plain q/v LoRA, WeCoLoRA's ablation baseline: lora_qkv with parts [q, v] and targets [qkv].
 METHOD_QKV = Method(
     name="lora_qkv",
     inject=inject_qkv,
     merge=merge,
     # rank None: min(128, embed_dim // 2), the official 128 on ViT-B
     defaults={"rank": None, "parts": ["q", "k", "v"], "targets": ["qkv", "proj", "fc1", "fc2"]},
+)
+
+# Plain q/v LoRA (no scaling), WeCoLoRA's ablation baseline for its enhanced LoRA.
+METHOD_QV = Method(
+    name="lora_qv",
+    inject=inject_qkv,
+    merge=merge,
+    defaults={"rank": None, "parts": ["q", "v"], "targets": ["qkv"]},
 )

@@ -17,6 +17,7 @@ _REGISTRY: dict[str, Method] = {
     for m in (
         lora.METHOD,
         lora.METHOD_QKV,
+        lora.METHOD_QV,
         arc.METHOD,
         arc.METHOD_ATT,
         consolidator.METHOD,

@@ -108,18 +108,22 @@ def fit(
     loss_fn: LossFn = _cross_entropy,
     fingerprint: dict[str, Any] | None = None,
     on_epoch_end: Callable[[int], None] | None = None,
+    evaluate_fn: Callable[[nn.Module], tuple[float, float]] | None = None,
 ) -> list[dict[str, float]]:
     """Train the parameters of `model` that require grad; return the per-epoch history.
 
     A checkpoint is written after every epoch to `checkpoint_dir` and removed when training
-    completes; a later call for the same run resumes from it.
+    completes; a later call for the same run resumes from it. `evaluate_fn(model)` gives the
+    per-epoch (val loss, val top-1); by default cross-entropy and top-1 of the logits on `val`.
     """
     device = pick_device()
     model.to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("the model has no trainable parameters")
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.AdamW(
+        params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=tuple(cfg.betas)
+    )
     checkpoint_dir = Path(checkpoint_dir)
     key = _fingerprint(model, cfg, seed, (len(train), len(val)), fingerprint)
 
@@ -167,7 +171,7 @@ def fit(
             running += loss.item() * len(y)
             seen += len(y)
             bar.set_postfix(loss=f"{running / seen:.4f}", lr=f"{lr:.2e}")
-        val_loss, val_top1 = evaluate(model, val) if len(val) else (float("nan"), float("nan"))
+        val_loss, val_top1 = (evaluate_fn or (lambda m: evaluate(m, val)))(model)
         row = {
             "epoch": epoch + 1,
             "train_loss": running / seen,

@@ -1,0 +1,97 @@
+"""iDAT, inverse distillation: a SMALLER teacher and a LARGER student, adapters in both,
+trained jointly from the start (mutual learning: nothing is detached).
+
+Loss = CE(z_S, y) + CE(z_T, y) + KD(z_S, z_T), KD = MSE on logits (the official script) or
+KL(softmax(z_T/5) ‖ softmax(z_S/5)) without T² (its argparse default). One backward of the summed
+loss moves both models (the official code's AMP path back-propagates twice, and without AMP
+its teacher never steps).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pipeline import PipelineError, adapters, build, models, paths
+from pipeline.artifacts import save_variant
+from pipeline.config import Params
+from pipeline.data import ImageSet
+from pipeline.distill.losses import kl_logits, mse_logits
+from pipeline.train import fit
+from pipeline.variants import Variant
+
+
+class Pair(nn.Module):
+    """Student and teacher trained as one module; its output is the student's."""
+
+    def __init__(self, student: nn.Module, teacher: nn.Module) -> None:
+        super().__init__()
+        self.student = student
+        self.teacher = teacher
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.student(x)
+
+
+def loss(kd: str, temperature: float):
+    if kd not in ("mse", "kl"):
+        raise ValueError(f"kd must be mse or kl, got {kd!r}")
+
+    def idat_loss(pair: Pair, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        zs, zt = pair.student(x), pair.teacher(x)
+        distill = mse_logits(zs, zt) if kd == "mse" else kl_logits(zs, zt, temperature, False)
+        return F.cross_entropy(zs, y) + F.cross_entropy(zt, y) + distill
+
+    return idat_loss
+
+
+def run(params: Params, variant: Variant, train: ImageSet, val: ImageSet) -> list[dict]:
+    """Train the pair; save the student (the larger backbone) and, beside it, the teacher."""
+    roles = ("student", "teacher")
+    sizes = {
+        r: sum(p.numel() for p in models.load_model(paths.BACKBONES / r).parameters())
+        for r in roles
+    }
+    if sizes["student"] == sizes["teacher"]:
+        raise PipelineError("iDAT needs backbones of different sizes: the smaller teaches")
+    small, large = sorted(roles, key=sizes.get)
+    k = len(train.classes)
+    student = build.adapted(params, paths.BACKBONES / large, variant.method, k)
+    teacher = build.adapted(params, paths.BACKBONES / small, variant.method, k)
+    cfg = params.distill.idat
+    history = fit(
+        Pair(student, teacher),
+        train,
+        val,
+        build.recipe(params, variant.method),
+        seed=params.seed,
+        desc=variant.name,
+        **build.run_dirs("distill", variant.name),
+        loss_fn=loss(cfg.kd, cfg.temperature),
+        fingerprint={
+            "variant": variant.name,
+            "idat": dataclasses.asdict(cfg),
+            **adapters.adapter_spec(student),
+        },
+    )
+    common = {"classes": train.classes, "history": history, "distillation": "idat"}
+    save_variant(
+        variant.folder,
+        student,
+        name=variant.name,
+        role=large,
+        backbone=paths.BACKBONES / large,
+        **common,
+    )
+    save_variant(
+        variant.folder / "teacher",
+        teacher,
+        name=f"teacher-{variant.method}-idat",
+        role=small,
+        backbone=paths.BACKBONES / small,
+        **common,
+    )
+    return history
