@@ -14,8 +14,8 @@ import tempfile
 import numpy as np
 
 from pipeline import build, paths
+from pipeline.artifacts import load_task
 from pipeline.config import load_params
-from pipeline.data import load_split
 from pipeline.distill.idat import Pair, loss
 from pipeline.io import write_json
 from pipeline.train import evaluate, fit, seed_everything
@@ -26,9 +26,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--method", default="arc")
+    parser.add_argument("--kd", choices=["mse", "kl"], help="default: distill.idat.kd")
+    parser.add_argument("--out", default=str(paths.METRICS / "idat_seeds.json"))
     args = parser.parse_args()
     base = load_params()
-    train, val, test = (load_split(paths.DOWNSTREAM / f"{s}.npz") for s in ("train", "val", "test"))
+    if args.kd:
+        base = dataclasses.replace(
+            base,
+            distill=dataclasses.replace(
+                base.distill, idat=dataclasses.replace(base.distill.idat, kd=args.kd)
+            ),
+        )
+    train, val, test = load_task("train", "val", "test")
     k = len(train.classes)
     rows = []
     for seed in args.seeds:
@@ -76,9 +85,10 @@ def main() -> None:
         for key in ("without_idat", "with_idat", "idat_teacher")
     }
     write_json(
-        paths.METRICS / "idat_seeds.json",
+        args.out,
         {
             "method": args.method,
+            "kd": base.distill.idat.kd,
             "backbone": "teacher (the larger)",
             "runs": rows,
             "summary": summary,

@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 from timm.models.vision_transformer import VisionTransformer
 
 from pipeline import PipelineError, adapters, models, paths
+from pipeline.data import ImageSet, load_split
 from pipeline.io import read_json, save_tensors, write_json
 from pipeline.variants import Variant
 
@@ -77,3 +78,8 @@ def load_deployable(name: str, variant: Variant) -> torch.nn.Module:
     if name == variant.merged_name:
         return models.load_model(paths.MERGED / name).eval()
     return load_variant(variant.folder)[0]
+
+
+def load_task(*splits: str) -> list[ImageSet]:
+    """The prepared downstream splits by name ("train", "val", "test")."""
+    return [load_split(paths.DOWNSTREAM / f"{name}.npz") for name in splits]

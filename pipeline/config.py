@@ -252,6 +252,8 @@ def parse_params(data: dict[str, Any]) -> Params:
                 f"backbone.{role}.weights must be pretrain, timm, none or a "
                 f"checkpoint path, got {cfg.weights!r}"
             )
+    if not params.train.variants:
+        raise ConfigError("train.variants: list at least one variant")
     for key, distilled in (("train.variants", False), ("distill.variants", True)):
         for name in getattr(params, key.split(".")[0]).variants:
             try:

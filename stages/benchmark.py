@@ -6,11 +6,11 @@ import numpy as np
 import torch
 
 from pipeline import paths
-from pipeline.artifacts import deployables, load_deployable
+from pipeline.artifacts import deployables, load_deployable, load_task
 from pipeline.bench import measure
 from pipeline.cli import run_stage
 from pipeline.config import load_params
-from pipeline.data import load_split, to_tensor
+from pipeline.data import to_tensor
 from pipeline.io import write_json
 from pipeline.plots import latency_bars, ratio_bars
 from pipeline.variants import all_variants
@@ -21,7 +21,7 @@ def main(argv: list[str]) -> None:
     params = load_params()
     cfg = params.benchmark
     torch.set_num_threads(cfg.threads)
-    images = to_tensor(load_split(paths.DOWNSTREAM / "test.npz").images).numpy()
+    images = to_tensor(load_task("test")[0].images).numpy()
     rows = []
     for name, variant in deployables(all_variants(params)).items():
         backends = [

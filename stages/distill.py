@@ -1,25 +1,30 @@
-"""distill <variant>: a student trained with a teacher (iDAT, WeCoLoRA or plain KD)."""
+"""distill: every student of distill.variants, trained with its teacher (iDAT, WeCoLoRA, KD).
+
+One stage for all, so models/distilled exists (with its index) even when the list is empty and
+the downstream stages can always depend on it.
+"""
 
 from __future__ import annotations
 
 from pipeline import paths
+from pipeline.artifacts import load_task
 from pipeline.cli import run_stage
 from pipeline.config import load_params
-from pipeline.data import load_split
 from pipeline.distill import DRIVERS
+from pipeline.io import write_json
 from pipeline.train import seed_everything
 from pipeline.variants import parse_variant
 
 
 def main(argv: list[str]) -> None:
-    (name,) = argv
     params = load_params()
-    variant = parse_variant(name, params)
-    train = load_split(paths.DOWNSTREAM / "train.npz")
-    val = load_split(paths.DOWNSTREAM / "val.npz")
-    seed_everything(params.seed)
-    history = DRIVERS[variant.distill](params, variant, train, val)
-    print(f"{name}: val top-1 {history[-1]['val_top1']:.2f}%")
+    train, val = load_task("train", "val")
+    for name in params.distill.variants:
+        variant = parse_variant(name, params)
+        seed_everything(params.seed)
+        history = DRIVERS[variant.distill](params, variant, train, val)
+        print(f"{name}: val top-1 {history[-1]['val_top1']:.2f}%")
+    write_json(paths.DISTILLED / "index.json", {"variants": params.distill.variants})
 
 
 if __name__ == "__main__":

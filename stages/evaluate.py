@@ -6,10 +6,10 @@ import numpy as np
 import torch
 
 from pipeline import paths
-from pipeline.artifacts import ADAPTER_META, deployables, load_deployable, load_variant
+from pipeline.artifacts import ADAPTER_META, deployables, load_deployable, load_task, load_variant
 from pipeline.cli import run_stage
 from pipeline.config import load_params
-from pipeline.data import load_split, to_tensor
+from pipeline.data import to_tensor
 from pipeline.io import read_json, write_json
 from pipeline.plots import confusion_grid, confusion_matrix
 from pipeline.train.loop import predict
@@ -19,7 +19,7 @@ from serve.backends import OnnxRuntimeBackend, run_batched
 
 def main(argv: list[str]) -> None:
     params = load_params()
-    test = load_split(paths.DOWNSTREAM / "test.npz")
+    (test,) = load_task("test")
     images = to_tensor(test.images).numpy()
     report, matrices = {}, {}
     for name, variant in deployables(all_variants(params)).items():

@@ -6,10 +6,10 @@ import numpy as np
 import torch
 
 from pipeline import PipelineError, paths
-from pipeline.artifacts import deployables, load_deployable
+from pipeline.artifacts import deployables, load_deployable, load_task
 from pipeline.cli import run_stage
 from pipeline.config import load_params
-from pipeline.data import load_split, to_tensor
+from pipeline.data import to_tensor
 from pipeline.export import export_onnx
 from pipeline.io import write_json
 from pipeline.train.loop import predict
@@ -19,7 +19,7 @@ from serve.backends import OnnxRuntimeBackend, run_batched
 
 def main(argv: list[str]) -> None:
     params = load_params()
-    test = load_split(paths.DOWNSTREAM / "test.npz")
+    (test,) = load_task("test")
     images = to_tensor(test.images).numpy()
     report = {}
     for name, variant in deployables(all_variants(params)).items():

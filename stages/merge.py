@@ -8,10 +8,9 @@ import timm
 import torch
 
 from pipeline import PipelineError, adapters, models, paths
-from pipeline.artifacts import ADAPTER_FILE, load_variant, merges
+from pipeline.artifacts import ADAPTER_FILE, load_task, load_variant, merges
 from pipeline.cli import run_stage
 from pipeline.config import load_params
-from pipeline.data import load_split
 from pipeline.io import read_json, write_json
 from pipeline.train.loop import predict
 from pipeline.variants import all_variants
@@ -19,7 +18,7 @@ from pipeline.variants import all_variants
 
 def main(argv: list[str]) -> None:
     params = load_params()
-    test = load_split(paths.DOWNSTREAM / "test.npz")
+    (test,) = load_task("test")
     report = {}
     for variant in all_variants(params):
         if not merges(variant):

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 from pipeline import adapters, build, paths
-from pipeline.artifacts import save_variant
+from pipeline.artifacts import load_task, save_variant
 from pipeline.cli import run_stage
 from pipeline.config import load_params
-from pipeline.data import load_split
 from pipeline.train import seed_everything
 from pipeline.variants import parse_variant
 
@@ -15,8 +14,7 @@ def main(argv: list[str]) -> None:
     (name,) = argv
     params = load_params()
     variant = parse_variant(name, params)
-    train = load_split(paths.DOWNSTREAM / "train.npz")
-    val = load_split(paths.DOWNSTREAM / "val.npz")
+    train, val = load_task("train", "val")
     backbone = paths.BACKBONES / variant.role
     seed_everything(params.seed)
     model = build.adapted(params, backbone, variant.method, len(train.classes))

@@ -13,7 +13,7 @@ from pipeline import PipelineError, adapters
 from pipeline.adapters import arc, consolidator
 from pipeline.data import to_tensor
 
-MERGEABLE = ["lora", "lora_qkv", "arc", "arc_att", "consolidator", "ssf"]
+MERGEABLE = ["lora", "lora_qkv", "lora_qv", "arc", "arc_att", "consolidator", "ssf"]
 
 
 def _perturb(model: torch.nn.Module, std: float = 0.02) -> None:

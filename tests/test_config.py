@@ -46,6 +46,7 @@ def test_project_params_are_valid():
         ({"backbone.student.arch": "vit_nonexistent"}, "backbone.student.arch: unknown timm ViT"),
         ({"backbone.student.kwargs.img_size": 64}, "must equal data.image_size"),
         ({"backbone.student.weights": "imagenet"}, "backbone.student.weights must be"),
+        ({"train.variants": []}, "train.variants: list at least one variant"),
         ({"distill.variants": ["student-lora-dino"]}, "unknown distillation 'dino'"),
         ({"distill.variants": ["teacher-lora-kd"]}, "a distilled variant is the student"),
         ({"distill.variants": ["student-lora"]}, "'student-lora' belongs in train.variants"),
