@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Any
 
 from timm.models.vision_transformer import VisionTransformer
 
 from pipeline import adapters, models, paths
 from pipeline.config import Params, TrainConfig
 from pipeline.data import ImageSet
+from pipeline.io import digest
 from pipeline.train import fit
 
 
@@ -22,8 +24,9 @@ def adapted(params: Params, backbone: Path, method: str, num_classes: int) -> Vi
 def recipe(params: Params, method: str, base: TrainConfig | None = None) -> TrainConfig:
     """The training recipe of `method`: train.* with its train.method_lr, if any."""
     base = base or params.train
-    lr = base.method_lr.get(method)
-    return dataclasses.replace(base, lr=lr) if lr else base
+    if method not in base.method_lr:
+        return base
+    return dataclasses.replace(base, lr=base.method_lr[method])
 
 
 def run_dirs(stage: str, name: str) -> dict[str, Path]:
@@ -34,14 +37,25 @@ def run_dirs(stage: str, name: str) -> dict[str, Path]:
     }
 
 
+def fingerprint(name: str, model: VisionTransformer, *inputs: Path, **extra: Any) -> dict:
+    """What makes a training run the same run: the variant, its adapters, its settings and the
+    contents of its inputs (backbones, teacher files, the task data). A checkpoint is resumed
+    only by a run with the same fingerprint."""
+    return {
+        "variant": name,
+        **adapters.adapter_spec(model),
+        **extra,
+        "inputs": digest(*inputs, paths.DOWNSTREAM),
+    }
+
+
 def train_supervised(
     params: Params,
     model: VisionTransformer,
     name: str,
     train: ImageSet,
     val: ImageSet,
-    stage: str = "train",
-    **fit_options,
+    backbone: Path,
 ) -> list[dict]:
     """Cross-entropy training of `model`'s trainable parameters with the method's recipe."""
     return fit(
@@ -51,7 +65,6 @@ def train_supervised(
         recipe(params, adapters.adapter_spec(model)["method"]),
         seed=params.seed,
         desc=name,
-        **run_dirs(stage, name),
-        fingerprint={"variant": name, **adapters.adapter_spec(model)},
-        **fit_options,
+        **run_dirs("train", name),
+        fingerprint=fingerprint(name, model, backbone),
     )

@@ -134,7 +134,7 @@ class MergeConfig:
 
 @dataclass(frozen=True)
 class ExportConfig:
-    opset: int = _check(lambda v: None if v >= 17 else "must be >= 17", 18)
+    opset: int = _check(lambda v: None if v >= 18 else "must be >= 18", 18)
     tolerance: float = _check(_positive, 1e-4)
 
 
@@ -252,6 +252,20 @@ def parse_params(data: dict[str, Any]) -> Params:
                 f"backbone.{role}.weights must be pretrain, timm, none or a "
                 f"checkpoint path, got {cfg.weights!r}"
             )
+    from pipeline.adapters import METHODS, check_options
+
+    for method, options in params.adapters.items():
+        check_options(method, options)
+    for method, lr in params.train.method_lr.items():
+        if method not in METHODS or not lr > 0:
+            raise ConfigError(
+                f"train.method_lr.{method}: needs a known method and a rate > 0, "
+                f"got {lr!r} (methods: {', '.join(METHODS)})"
+            )
+    if len(params.train.betas) != 2 or not all(0 <= b < 1 for b in params.train.betas):
+        raise ConfigError(f"train.betas must be two numbers in [0, 1), got {params.train.betas}")
+    if not params.benchmark.batch_sizes or min(params.benchmark.batch_sizes) < 1:
+        raise ConfigError(f"benchmark.batch_sizes must be >= 1, got {params.benchmark.batch_sizes}")
     if not params.train.variants:
         raise ConfigError("train.variants: list at least one variant")
     for key, distilled in (("train.variants", False), ("distill.variants", True)):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -59,3 +60,25 @@ def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict 
     clean = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     with atomic_path(path) as tmp:
         save_file(clean, str(tmp), metadata={k: str(v) for k, v in (meta or {}).items()})
+
+
+def digest(*paths: str | Path) -> str:
+    """sha256 of the contents of files and folders (every file below, in sorted order)."""
+    h = hashlib.sha256()
+    for root in map(Path, paths):
+        for f in sorted(root.rglob("*")) if root.is_dir() else [root]:
+            if f.is_file():
+                h.update(str(f.relative_to(root) if root.is_dir() else f.name).encode())
+                with f.open("rb") as fh:
+                    for chunk in iter(lambda fh=fh: fh.read(1 << 20), b""):
+                        h.update(chunk)
+    return h.hexdigest()
+
+
+def tensor_digest(tensors: dict[str, torch.Tensor]) -> str:
+    """sha256 of named tensors' values (in key order)."""
+    h = hashlib.sha256()
+    for k in sorted(tensors):
+        h.update(k.encode())
+        h.update(tensors[k].detach().float().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()

@@ -18,7 +18,7 @@ DISTILLATIONS = ("idat", "wecolora", "kd")
 @dataclass(frozen=True)
 class Variant:
     name: str
-    role: str  # a key of params.backbone
+    role: str  # a key of params.backbone; for iDAT the student is the larger backbone
     method: str  # a registered adapter method
     distill: str | None = None
 
@@ -31,7 +31,14 @@ class Variant:
         """Where the train or distill stage writes this variant."""
         from pipeline import paths
 
+        if self.distill == "idat" and self.role == "teacher":  # saved beside its student
+            return paths.DISTILLED / f"student-{self.method}-idat" / "teacher"
         return (paths.DISTILLED if self.distill else paths.ADAPTERS) / self.name
+
+    @property
+    def idat_teacher(self) -> Variant:
+        """The smaller model an iDAT run trains beside this student."""
+        return Variant(f"teacher-{self.method}-idat", "teacher", self.method, "idat")
 
 
 def parse_variant(name: str, params: Params) -> Variant:
@@ -62,5 +69,6 @@ def parse_variant(name: str, params: Params) -> Variant:
 
 
 def all_variants(params: Params) -> list[Variant]:
-    """Every variant a run makes: trained alone, then distilled."""
-    return [parse_variant(n, params) for n in [*params.train.variants, *params.distill.variants]]
+    """Every variant a run makes: trained alone, then distilled, then iDAT's teachers."""
+    out = [parse_variant(n, params) for n in [*params.train.variants, *params.distill.variants]]
+    return out + [v.idat_teacher for v in out if v.distill == "idat"]

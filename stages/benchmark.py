@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from pipeline import paths
-from pipeline.artifacts import deployables, load_deployable, load_task
+from pipeline.artifacts import deployables, load_deployable, load_task, merges
 from pipeline.bench import measure
 from pipeline.cli import run_stage
 from pipeline.config import load_params
@@ -23,7 +23,8 @@ def main(argv: list[str]) -> None:
     torch.set_num_threads(cfg.threads)
     images = to_tensor(load_task("test")[0].images).numpy()
     rows = []
-    for name, variant in deployables(all_variants(params)).items():
+    variants = all_variants(params)
+    for name, variant in deployables(variants).items():
         backends = [
             TorchBackend(load_deployable(name, variant)),
             OnnxRuntimeBackend(paths.ONNX / name / "model.onnx", threads=cfg.threads),
@@ -39,6 +40,11 @@ def main(argv: list[str]) -> None:
                 )
     ratios = _ratios(rows)
     report = {"rows": rows, "unmerged_over_merged": ratios}
+    # an unmergeable adapter against the plain backbone of its role (its linear probe)
+    plain = {v.name: f"{v.role}-linear" for v in variants if not merges(v) and v.method != "linear"}
+    report["unmergeable_over_plain"] = {
+        k: v for k, v in _ratios(rows, lambda name: plain.get(name, "")).items() if k in plain
+    }
     if "teacher-linear" in params.train.variants:  # the plain teacher: what WeCoLoRA shrinks
         report["over_teacher"] = _ratios(rows, lambda name: "teacher-linear", "-wecolora-merged")
     write_json(paths.METRICS / "benchmark.json", report)

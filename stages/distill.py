@@ -19,6 +19,7 @@ from pipeline.variants import parse_variant
 def main(argv: list[str]) -> None:
     params = load_params()
     train, val = load_task("train", "val")
+    (paths.LIVE / "distill").mkdir(parents=True, exist_ok=True)  # declared plots, even if empty
     for name in params.distill.variants:
         variant = parse_variant(name, params)
         seed_everything(params.seed)

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from pipeline import paths
-from pipeline.artifacts import ADAPTER_META, deployables, load_deployable, load_task, load_variant
+from pipeline.artifacts import ADAPTER_META, deployables, load_deployable, load_task
 from pipeline.cli import run_stage
 from pipeline.config import load_params
 from pipeline.data import to_tensor
@@ -23,7 +23,8 @@ def main(argv: list[str]) -> None:
     images = to_tensor(test.images).numpy()
     report, matrices = {}, {}
     for name, variant in deployables(all_variants(params)).items():
-        preds = predict(load_deployable(name, variant), test).argmax(1).numpy()
+        model = load_deployable(name, variant)
+        preds = predict(model, test).argmax(1).numpy()
         ort_preds = run_batched(
             OnnxRuntimeBackend(paths.ONNX / name / "model.onnx"), images
         ).argmax(1)
@@ -31,8 +32,10 @@ def main(argv: list[str]) -> None:
         report[name] = {
             "top1": float((preds == test.labels).mean() * 100),
             "top1_onnxruntime": float((ort_preds == test.labels).mean() * 100),
+            # what the method trained: all of it, and without the task head
             "params_trainable": trained["params_trainable"],
-            "params_total": trained["params_total"],
+            "params_adapter": trained["params_adapter"],
+            "params_total": sum(p.numel() for p in model.parameters()),
         }
         if name == variant.name:  # a merged form predicts the same: one matrix per variant
             matrices[name] = confusion_matrix(test.labels, preds, len(test.classes))
@@ -45,16 +48,6 @@ def main(argv: list[str]) -> None:
             f"{name}: top-1 {report[name]['top1']:.2f}% (torch), "
             f"{report[name]['top1_onnxruntime']:.2f}% (ONNX Runtime)"
         )
-    for variant in all_variants(params):
-        if variant.distill == "idat":  # its teacher is discarded after training: torch only
-            teacher, meta = load_variant(variant.folder / "teacher")
-            top1 = (predict(teacher, test).argmax(1).numpy() == test.labels).mean() * 100
-            report[meta["variant"]] = {
-                "top1": float(top1),
-                "params_trainable": meta["params_trainable"],
-                "params_total": meta["params_total"],
-            }
-            print(f"{meta['variant']}: top-1 {top1:.2f}% (torch; the iDAT teacher)")
     write_json(paths.METRICS / "evaluate.json", report)
     confusion_grid(matrices, test.classes, paths.PLOTS / "confusion.png")
 

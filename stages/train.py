@@ -18,7 +18,7 @@ def main(argv: list[str]) -> None:
     backbone = paths.BACKBONES / variant.role
     seed_everything(params.seed)
     model = build.adapted(params, backbone, variant.method, len(train.classes))
-    history = build.train_supervised(params, model, name, train, val)
+    history = build.train_supervised(params, model, name, train, val, backbone)
     save_variant(
         variant.folder,
         model,

@@ -64,6 +64,34 @@ def test_idat_one_backward_moves_both_models(tiny_vit, glyph_data):
         idat.loss("l2", 1.0)
 
 
+def test_idat_through_the_training_loop_steps_both_groups(tmp_path, tiny_vit, glyph_data):
+    from pipeline.config import TrainConfig
+    from pipeline.train import fit
+
+    pair = idat.Pair(
+        adapters.inject(tiny_vit(embed_dim=48, num_heads=3), "arc"),
+        adapters.inject(tiny_vit(), "arc"),
+    )
+    before = {n: p.detach().clone() for n, p in pair.named_parameters() if p.requires_grad}
+    fit(
+        pair,
+        glyph_data,
+        glyph_data,
+        TrainConfig(epochs=2, batch_size=32, lr=1e-2),
+        seed=0,
+        checkpoint_dir=tmp_path,
+        loss_fn=idat.loss("mse", 5.0),
+    )
+    for side in ("student", "teacher"):
+        moved = [
+            n
+            for n, p in pair.named_parameters()
+            if n.startswith(f"{side}.blocks") and n in before and not torch.equal(p, before[n])
+        ]
+        assert moved, f"the {side}'s adapters did not move"
+    assert len(pair.param_group_modules()) == 2
+
+
 def test_kd_teacher_stays_frozen(tiny_vit, glyph_data):
     teacher = tiny_vit(embed_dim=48, num_heads=3)
     frozen = copy.deepcopy(teacher.state_dict())
@@ -120,12 +148,21 @@ def test_block_outputs_and_feature_loss(tiny_vit, glyph_data):
     outs = wecolora.block_outputs(model, x)
     assert len(outs) == TINY["depth"]
     torch.testing.assert_close(model.norm(outs[-1]), model.forward_features(x))
-    # a full copy (ratio 1) has zero loss in every mode
-    for mode in ("l1", "per_block", "l1_kl"):
-        fn = wecolora.loss(model, 1, mode)
-        assert fn(copy.deepcopy(model), x, None).abs() < 1e-6
+    # a full copy (ratio 1) matches its teacher's last block exactly
+    for mode in ("l1", "l1_kl"):
+        assert wecolora.loss(model, 1, mode)(copy.deepcopy(model), x, None).abs() < 1e-6
     with pytest.raises(ValueError, match="loss must be"):
         wecolora.loss(model, 1, "l2")
+
+
+def test_per_block_pairs_student_block_j_with_teacher_block_jr_plus_1(tiny_vit, glyph_data):
+    teacher = tiny_vit(num_classes=0, depth=6).eval()
+    student = tiny_vit(num_classes=0, depth=2).eval()
+    wecolora.weight_copy(teacher, student, ratio=3, keep="first")
+    x = to_tensor(glyph_data.images[:4])
+    t, s = wecolora.block_outputs(teacher, x), wecolora.block_outputs(student, x)
+    expected = (losses.l1_features(s[0], t[1]) + losses.l1_features(s[1], t[4])) / 2
+    torch.testing.assert_close(wecolora.loss(teacher, 3, "per_block")(student, x, None), expected)
 
 
 def test_few_shot_takes_floor_of_each_class(glyph_data):
@@ -170,7 +207,7 @@ def _train_teacher_lora(params, data):
 
     v = parse_variant("teacher-lora", params)
     model = build.adapted(params, paths.BACKBONES / "teacher", "lora", len(data.classes))
-    history = build.train_supervised(params, model, v.name, data, data)
+    history = build.train_supervised(params, model, v.name, data, data, paths.BACKBONES)
     save_variant(
         v.folder,
         model,

@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from pipeline import adapters
+from pipeline import PipelineError, adapters
 from pipeline.config import TrainConfig
 from pipeline.train import evaluate, fit
 from pipeline.train.loop import lr_at
@@ -55,7 +55,7 @@ def test_fit_learns_and_cleans_up(tmp_path, tiny_vit, glyph_data):
 
 def test_fit_refuses_a_model_with_nothing_to_train(tmp_path, tiny_vit, glyph_data):
     model = tiny_vit().requires_grad_(False)
-    with pytest.raises(ValueError, match="no trainable parameters"):
+    with pytest.raises(PipelineError, match="no trainable parameters"):
         fit(model, glyph_data, glyph_data, TrainConfig(epochs=1), seed=0, checkpoint_dir=tmp_path)
 
 

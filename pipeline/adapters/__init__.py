@@ -4,6 +4,7 @@ from pipeline.adapters.peft_import import merge_peft_lora
 from pipeline.adapters.registry import (
     METHODS,
     adapter_spec,
+    check_options,
     has_adapters,
     inject,
     is_mergeable,
@@ -16,6 +17,7 @@ from pipeline.adapters.registry import (
 __all__ = [
     "METHODS",
     "adapter_spec",
+    "check_options",
     "has_adapters",
     "inject",
     "is_mergeable",

@@ -62,7 +62,8 @@ class ARCNorm(nn.Module):
     def recomposition(self) -> torch.Tensor:
         """A = I + U diag(s) Uᵀ, in float64."""
         u = self.U.double()
-        return torch.eye(u.shape[0], dtype=torch.float64) + (u * self.scale.double()) @ u.T
+        eye = torch.eye(u.shape[0], dtype=torch.float64, device=u.device)
+        return eye + (u * self.scale.double()) @ u.T
 
 
 def default_rank(dim: int) -> int:

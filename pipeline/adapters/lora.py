@@ -68,7 +68,7 @@ class LoRAQKV(nn.Module):
         rows = [
             self._b(p).double() @ self._a(p).double()
             if p in self.parts
-            else torch.zeros(self.dim, w.shape[1], dtype=torch.float64)
+            else torch.zeros(self.dim, w.shape[1], dtype=torch.float64, device=w.device)
             for p in "qkv"
         ]
         return torch.cat(rows, dim=0)
@@ -98,7 +98,10 @@ def inject_qkv(
         raise ValueError(f"parts must be among q, k, v, got {parts}")
     for parent, attr in block_linears(model, targets):
         base = getattr(parent, attr)
-        layer = LoRAQKV(base, rank, parts) if attr == "qkv" else LoRALinear(base, rank, rank, 0.0)
+        if attr == "qkv":
+            layer = LoRAQKV(base, rank, parts)
+        else:  # alpha = rank: scale 1, so ΔW = B A as WeCoLoRA's LoRA
+            layer = LoRALinear(base, rank, alpha=rank, dropout=0.0)
         setattr(parent, attr, layer)
 
 

@@ -43,17 +43,23 @@ def adapter_spec(model: torch.nn.Module) -> dict[str, Any]:
     return spec
 
 
-def inject(model: VisionTransformer, method: str, **options: Any) -> VisionTransformer:
-    """Freeze the backbone, add `method`'s adapters (trainable) and keep the head trainable.
-
-    Options not given take the method's defaults; an unknown option is an error.
-    """
+def check_options(method: str, options: dict[str, Any]) -> None:
+    """An unknown method or option is an error naming it (checked when params are read)."""
     m = _method(method)
     unknown = sorted(set(options) - set(m.defaults))
     if unknown:
         raise PipelineError(
             f"adapters.{method}: unknown option(s) {unknown} (known: {sorted(m.defaults)})"
         )
+
+
+def inject(model: VisionTransformer, method: str, **options: Any) -> VisionTransformer:
+    """Freeze the backbone, add `method`'s adapters (trainable) and keep the head trainable.
+
+    Options not given take the method's defaults; an unknown option is an error.
+    """
+    check_options(method, options)
+    m = _method(method)
     opts = {**copy.deepcopy(m.defaults), **options}
     model.requires_grad_(False)
     try:
@@ -109,8 +115,12 @@ def load_trainable(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> No
     model.load_state_dict(state, strict=False)
 
 
-def param_counts(model: torch.nn.Module) -> dict[str, int]:
+def param_counts(model: VisionTransformer) -> dict[str, int]:
+    """Trainable parameters (adapter-only: without the head, as the papers count), and all."""
+    head = {id(p) for p in model.get_classifier().parameters()}
+    trainable = [p for p in model.parameters() if p.requires_grad]
     return {
-        "params_trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "params_trainable": sum(p.numel() for p in trainable),
+        "params_adapter": sum(p.numel() for p in trainable if id(p) not in head),
         "params_total": sum(p.numel() for p in model.parameters()),
     }

@@ -15,12 +15,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline import PipelineError, adapters, build, models, paths
+from pipeline import PipelineError, build, paths
 from pipeline.artifacts import save_variant
 from pipeline.config import Params
 from pipeline.data import ImageSet
 from pipeline.distill.losses import kl_logits, mse_logits
 from pipeline.train import fit
+from pipeline.train.loop import LossFn
 from pipeline.variants import Variant
 
 
@@ -35,35 +36,45 @@ class Pair(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.student(x)
 
+    def param_group_modules(self) -> list[nn.Module]:
+        """Two parameter groups, as the official two optimizers; both step every batch."""
+        return [self.student, self.teacher]
 
-def loss(kd: str, temperature: float):
+
+def loss(kd: str, temperature: float) -> LossFn:
     if kd not in ("mse", "kl"):
         raise ValueError(f"kd must be mse or kl, got {kd!r}")
 
     def idat_loss(pair: Pair, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         zs, zt = pair.student(x), pair.teacher(x)
-        distill = mse_logits(zs, zt) if kd == "mse" else kl_logits(zs, zt, temperature, False)
+        distill = (
+            mse_logits(zs, zt) if kd == "mse" else kl_logits(zs, zt, temperature, t_squared=False)
+        )
         return F.cross_entropy(zs, y) + F.cross_entropy(zt, y) + distill
 
     return idat_loss
 
 
+def build_pair(params: Params, method: str, num_classes: int) -> tuple[Pair, str, str]:
+    """(pair, larger role, smaller role): the larger backbone is the student, as iDAT has it."""
+    a, b = (
+        build.adapted(params, paths.BACKBONES / r, method, num_classes)
+        for r in ("teacher", "student")
+    )
+    size = {r: sum(p.numel() for p in m.parameters()) for r, m in (("teacher", a), ("student", b))}
+    if size["teacher"] == size["student"]:
+        raise PipelineError("iDAT needs backbones of different sizes: the smaller teaches")
+    large, small = sorted(size, key=size.get, reverse=True)
+    models = {"teacher": a, "student": b}
+    return Pair(models[large], models[small]), large, small
+
+
 def run(params: Params, variant: Variant, train: ImageSet, val: ImageSet) -> list[dict]:
     """Train the pair; save the student (the larger backbone) and, beside it, the teacher."""
-    roles = ("student", "teacher")
-    sizes = {
-        r: sum(p.numel() for p in models.load_model(paths.BACKBONES / r).parameters())
-        for r in roles
-    }
-    if sizes["student"] == sizes["teacher"]:
-        raise PipelineError("iDAT needs backbones of different sizes: the smaller teaches")
-    small, large = sorted(roles, key=sizes.get)
-    k = len(train.classes)
-    student = build.adapted(params, paths.BACKBONES / large, variant.method, k)
-    teacher = build.adapted(params, paths.BACKBONES / small, variant.method, k)
+    pair, large, small = build_pair(params, variant.method, len(train.classes))
     cfg = params.distill.idat
     history = fit(
-        Pair(student, teacher),
+        pair,
         train,
         val,
         build.recipe(params, variant.method),
@@ -71,25 +82,24 @@ def run(params: Params, variant: Variant, train: ImageSet, val: ImageSet) -> lis
         desc=variant.name,
         **build.run_dirs("distill", variant.name),
         loss_fn=loss(cfg.kd, cfg.temperature),
-        fingerprint={
-            "variant": variant.name,
-            "idat": dataclasses.asdict(cfg),
-            **adapters.adapter_spec(student),
-        },
+        fingerprint=build.fingerprint(
+            variant.name, pair.student, paths.BACKBONES, idat=dataclasses.asdict(cfg)
+        ),
     )
     common = {"classes": train.classes, "history": history, "distillation": "idat"}
     save_variant(
         variant.folder,
-        student,
+        pair.student,
         name=variant.name,
         role=large,
         backbone=paths.BACKBONES / large,
         **common,
     )
+    teacher = variant.idat_teacher
     save_variant(
-        variant.folder / "teacher",
-        teacher,
-        name=f"teacher-{variant.method}-idat",
+        teacher.folder,
+        pair.teacher,
+        name=teacher.name,
         role=small,
         backbone=paths.BACKBONES / small,
         **common,

@@ -9,16 +9,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline import adapters, build, paths
+from pipeline import build, paths
 from pipeline.artifacts import load_variant, save_variant
 from pipeline.config import Params
 from pipeline.data import ImageSet
 from pipeline.distill.losses import kl_logits
 from pipeline.train import fit, pick_device
+from pipeline.train.loop import LossFn
 from pipeline.variants import Variant, parse_variant
 
 
-def loss(teacher: nn.Module, task_weight: float, distill_weight: float, temperature: float):
+def loss(
+    teacher: nn.Module, task_weight: float, distill_weight: float, temperature: float
+) -> LossFn:
     teacher.eval().requires_grad_(False)
 
     def kd_loss(student: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -48,11 +51,13 @@ def run(params: Params, variant: Variant, train: ImageSet, val: ImageSet) -> lis
         loss_fn=loss(
             teacher.to(pick_device()), cfg.task_weight, cfg.distill_weight, cfg.temperature
         ),
-        fingerprint={
-            "variant": variant.name,
-            "kd": dataclasses.asdict(cfg),
-            **adapters.adapter_spec(student),
-        },
+        fingerprint=build.fingerprint(
+            variant.name,
+            student,
+            paths.BACKBONES / "student",
+            parse_variant(cfg.teacher, params).folder,
+            kd=dataclasses.asdict(cfg),
+        ),
     )
     save_variant(
         variant.folder,

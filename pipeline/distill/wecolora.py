@@ -3,7 +3,7 @@
 The student keeps teacher blocks i with i % r == 0 (the official code; `keep: last` takes the last
 block of each group, as the paper's figure), plus embeddings and final norm: a plain timm ViT of
 depth L / r. Unsupervised loss: L1 between the last block outputs (before the final norm) over
-all tokens; options `per_block` (student block j against the end of teacher group j) and
+all tokens; options `per_block` (student block j against teacher block j·r + 1) and
 `l1_kl` (L1 + channel KL, averaged).
 """
 
@@ -15,13 +15,14 @@ import numpy as np
 import torch
 from timm.models.vision_transformer import VisionTransformer
 
-from pipeline import adapters, build, models, paths
+from pipeline import PipelineError, adapters, build, models, paths
 from pipeline.artifacts import save_variant
 from pipeline.config import Params, override
 from pipeline.data import ImageSet, loader
 from pipeline.distill.losses import channel_kl, l1_features
-from pipeline.io import read_json
+from pipeline.io import read_json, tensor_digest
 from pipeline.train import fit, pick_device
+from pipeline.train.loop import LossFn
 from pipeline.variants import Variant
 
 
@@ -63,7 +64,7 @@ def block_outputs(model: VisionTransformer, x: torch.Tensor) -> list[torch.Tenso
     return outs
 
 
-def loss(teacher: VisionTransformer, ratio: int, mode: str):
+def loss(teacher: VisionTransformer, ratio: int, mode: str) -> LossFn:
     if mode not in ("l1", "per_block", "l1_kl"):
         raise ValueError(f"loss must be l1, per_block or l1_kl, got {mode!r}")
     teacher.eval().requires_grad_(False)
@@ -72,9 +73,9 @@ def loss(teacher: VisionTransformer, ratio: int, mode: str):
         with torch.no_grad():
             t = block_outputs(teacher, x)
         s = block_outputs(student, x)
-        if mode == "per_block":  # student block j against the end of teacher group j
+        if mode == "per_block":  # student block j against teacher block j·r + 1 (official)
             return torch.stack(
-                [l1_features(sj, t[(j + 1) * ratio - 1]) for j, sj in enumerate(s)]
+                [l1_features(sj, t[min(j * ratio + 1, len(t) - 1)]) for j, sj in enumerate(s)]
             ).mean()
         main = l1_features(s[-1], t[-1])
         return main if mode == "l1" else (main + channel_kl(s[-1], t[-1])) / 2
@@ -99,7 +100,11 @@ def run(params: Params, variant: Variant, train: ImageSet, val: ImageSet) -> lis
     teacher_dir = paths.BACKBONES / "teacher"
     teacher = models.load_model(teacher_dir)
     spec = read_json(teacher_dir / "model.json")
-    kwargs = {**spec["kwargs"], "depth": len(kept_blocks(len(teacher.blocks), cfg.ratio, cfg.keep))}
+    try:
+        kept = kept_blocks(len(teacher.blocks), cfg.ratio, cfg.keep)
+    except ValueError as e:
+        raise PipelineError(f"distill.wecolora: {e}") from None
+    kwargs = {**spec["kwargs"], "depth": len(kept)}
     student = models.create(spec["arch"], kwargs, 0)
     weight_copy(teacher, student, cfg.ratio, cfg.keep)
     copy_dir = variant.folder / "backbone"  # the frozen copy the adapters belong to
@@ -129,11 +134,9 @@ def run(params: Params, variant: Variant, train: ImageSet, val: ImageSet) -> lis
             **build.run_dirs("distill", variant.name),
             loss_fn=feature_loss,
             evaluate_fn=val_feature_loss,
-            fingerprint={
-                "variant": variant.name,
-                "wecolora": dataclasses.asdict(cfg),
-                **adapters.adapter_spec(student),
-            },
+            fingerprint=build.fingerprint(
+                variant.name, student, teacher_dir, wecolora=dataclasses.asdict(cfg)
+            ),
         )
     # the task head: a linear probe on the CLS token of the distilled, now frozen, student
     student.reset_classifier(len(train.classes))
@@ -146,7 +149,14 @@ def run(params: Params, variant: Variant, train: ImageSet, val: ImageSet) -> lis
         seed=params.seed,
         desc=f"{variant.name} probe",
         **build.run_dirs("distill", f"{variant.name}-probe"),
-        fingerprint={"variant": variant.name, "probe": True},
+        # the probe belongs to this distilled student: its adapters are part of the identity
+        fingerprint=build.fingerprint(
+            variant.name,
+            student,
+            teacher_dir,
+            probe=True,
+            adapters=tensor_digest(adapters.trainable_state(student)),
+        ),
     )
     for name, p in student.named_parameters():
         p.requires_grad_(name in adapter_names or name.startswith("head."))
@@ -160,6 +170,6 @@ def run(params: Params, variant: Variant, train: ImageSet, val: ImageSet) -> lis
         history=probe,
         distillation="wecolora",
         distill_history=history,
-        kept_blocks=kept_blocks(len(teacher.blocks), cfg.ratio, cfg.keep),
+        kept_blocks=kept,
     )
     return probe

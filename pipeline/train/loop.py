@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from pipeline import PipelineError
 from pipeline.config import TrainConfig
 from pipeline.data import ImageSet, loader
 from pipeline.train import checkpoint
@@ -118,11 +119,18 @@ def fit(
     """
     device = pick_device()
     model.to(device)
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
-        raise ValueError("the model has no trainable parameters")
+    # one parameter group per sub-model (iDAT's student and teacher), each clipped on its own
+    groups = [
+        [p for p in m.parameters() if p.requires_grad]
+        for m in getattr(model, "param_group_modules", lambda: [model])()
+    ]
+    if not any(groups):
+        raise PipelineError(f"{desc}: the model has no trainable parameters")
     optimizer = torch.optim.AdamW(
-        params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=tuple(cfg.betas)
+        [{"params": g} for g in groups if g],
+        lr=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        betas=tuple(cfg.betas),
     )
     checkpoint_dir = Path(checkpoint_dir)
     key = _fingerprint(model, cfg, seed, (len(train), len(val)), fingerprint)
@@ -166,7 +174,8 @@ def fit(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+                for group in optimizer.param_groups:
+                    torch.nn.utils.clip_grad_norm_(group["params"], cfg.grad_clip)
             optimizer.step()
             running += loss.item() * len(y)
             seen += len(y)
