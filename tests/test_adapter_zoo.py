@@ -155,8 +155,17 @@ def test_bottleneck_adapter_is_refused_by_merge_and_has_both_placements(tiny_vit
     model = adapters.inject(tiny_vit(), "adapter")
     with pytest.raises(PipelineError, match=r"'adapter' is not mergeable: export it unmerged"):
         adapters.merge(model)
-    parallel = adapters.inject(tiny_vit(), "adapter", placement="parallel", width=8)
-    assert parallel.blocks[0].mlp.adapter.down.out_features == 8
+    base = tiny_vit().eval()
+    parallel = adapters.inject(copy.deepcopy(base), "adapter", placement="parallel", width=8)
+    assert parallel.blocks[0].adapter.down.out_features == 8
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        for block in parallel.blocks:  # a silent adapter leaves timm's block as it was
+            block.adapter.up.weight.zero_()
+            block.adapter.up.bias.zero_()
+        torch.testing.assert_close(parallel.eval()(x), base(x))
+        parallel.blocks[0].adapter.up.weight.normal_()
+        assert (parallel(x) - base(x)).abs().max() > 1e-3
     with pytest.raises(PipelineError, match=r"placement must be sequential or parallel"):
         adapters.inject(tiny_vit(), "adapter", placement="diagonal")
 

@@ -1,8 +1,8 @@
 """iDAT's bottleneck adapter: x <- x + W2 GELU(W1 x + b1) + b2, width 4 by default.
 
-Sequential after each block (official), or AdaptFormer's placement: parallel to the MLP, on the
-MLP's input, scaled by 0.1. The GELU makes it nonlinear: it cannot be merged, so models with it
-are exported and served unmerged.
+Sequential after each block (official), or AdaptFormer's placement: parallel to the MLP,
+reading the residual stream before the MLP's LayerNorm, scaled by 0.1. The GELU makes it
+nonlinear: it cannot be merged, so models with it are exported and served unmerged.
 """
 
 from __future__ import annotations
@@ -39,16 +39,19 @@ class SequentialAdapter(nn.Module):
 
 
 class ParallelAdapter(nn.Module):
-    """AdaptFormer: mlp(h) + scale * adapter(h), on the MLP's input h."""
+    """AdaptFormer: beside the MLP branch, reading the residual stream x (before norm2):
+    x + mlp(norm2(x)) + scale * adapter(x). The attention half is timm's Block as is."""
 
-    def __init__(self, mlp: nn.Module, width: int, dim: int, scale: float) -> None:
+    def __init__(self, block: nn.Module, width: int, dim: int, scale: float) -> None:
         super().__init__()
-        self.mlp = mlp
+        self.block = block
         self.adapter = Bottleneck(dim, width)
         self.scale = scale
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.mlp(x) + self.scale * self.adapter(x)
+    def forward(self, x: torch.Tensor, **kwargs) -> torch.Tensor:
+        b = self.block
+        x = x + b.drop_path1(b.ls1(b.attn(b.norm1(x), **kwargs)))
+        return x + b.drop_path2(b.ls2(b.mlp(b.norm2(x)))) + self.scale * self.adapter(x)
 
 
 def inject(model: VisionTransformer, width: int, placement: str, scale: float) -> None:
@@ -59,8 +62,8 @@ def inject(model: VisionTransformer, width: int, placement: str, scale: float) -
         for i, block in enumerate(model.blocks):
             model.blocks[i] = SequentialAdapter(block, width, dim)
     elif placement == "parallel":
-        for block in model.blocks:
-            block.mlp = ParallelAdapter(block.mlp, width, dim, scale)
+        for i, block in enumerate(model.blocks):
+            model.blocks[i] = ParallelAdapter(block, width, dim, scale)
     else:
         raise ValueError(f"placement must be sequential or parallel, got {placement!r}")
 
