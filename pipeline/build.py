@@ -9,10 +9,12 @@ from typing import Any
 from timm.models.vision_transformer import VisionTransformer
 
 from pipeline import adapters, models, paths
+from pipeline.artifacts import save_variant
 from pipeline.config import Params, TrainConfig
 from pipeline.data import ImageSet
 from pipeline.io import digest
 from pipeline.train import fit
+from pipeline.variants import Variant
 
 
 def adapted(params: Params, backbone: Path, method: str, num_classes: int) -> VisionTransformer:
@@ -49,22 +51,30 @@ def fingerprint(name: str, model: VisionTransformer, *inputs: Path, **extra: Any
     }
 
 
-def train_supervised(
-    params: Params,
-    model: VisionTransformer,
-    name: str,
-    train: ImageSet,
-    val: ImageSet,
-    backbone: Path,
-) -> list[dict]:
-    """Cross-entropy training of `model`'s trainable parameters with the method's recipe."""
-    return fit(
+def train_variant(
+    params: Params, variant: Variant, train: ImageSet, val: ImageSet
+) -> tuple[VisionTransformer, list[dict]]:
+    """Train a variant alone (cross-entropy, its method's recipe) and save it where the
+    downstream stages look for it."""
+    backbone = paths.BACKBONES / variant.role
+    model = adapted(params, backbone, variant.method, len(train.classes))
+    history = fit(
         model,
         train,
         val,
-        recipe(params, adapters.adapter_spec(model)["method"]),
+        recipe(params, variant.method),
         seed=params.seed,
-        desc=name,
-        **run_dirs("train", name),
-        fingerprint=fingerprint(name, model, backbone),
+        desc=variant.name,
+        **run_dirs("train", variant.name),
+        fingerprint=fingerprint(variant.name, model, backbone),
     )
+    save_variant(
+        variant.folder,
+        model,
+        name=variant.name,
+        role=variant.role,
+        backbone=backbone,
+        classes=train.classes,
+        history=history,
+    )
+    return model, history

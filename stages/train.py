@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from pipeline import adapters, build, paths
-from pipeline.artifacts import load_task, save_variant
+from pipeline import adapters, build
+from pipeline.artifacts import load_task
 from pipeline.cli import run_stage
 from pipeline.config import load_params
 from pipeline.train import seed_everything
@@ -15,19 +15,8 @@ def main(argv: list[str]) -> None:
     params = load_params()
     variant = parse_variant(name, params)
     train, val = load_task("train", "val")
-    backbone = paths.BACKBONES / variant.role
     seed_everything(params.seed)
-    model = build.adapted(params, backbone, variant.method, len(train.classes))
-    history = build.train_supervised(params, model, name, train, val, backbone)
-    save_variant(
-        variant.folder,
-        model,
-        name=name,
-        role=variant.role,
-        backbone=backbone,
-        classes=train.classes,
-        history=history,
-    )
+    model, history = build.train_variant(params, variant, train, val)
     print(
         f"{name}: val top-1 {history[-1]['val_top1']:.2f}% "
         f"({adapters.param_counts(model)['params_trainable']:,} trainable parameters)"

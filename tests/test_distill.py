@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from pipeline import adapters, models, paths
+from pipeline import adapters, build, models, paths
 from pipeline.artifacts import load_variant
 from pipeline.config import parse_params
 from pipeline.data import to_tensor
@@ -201,24 +201,6 @@ def tiny_project(tmp_path, monkeypatch, glyph_data):
     return params
 
 
-def _train_teacher_lora(params, data):
-    from pipeline import build
-    from pipeline.artifacts import save_variant
-
-    v = parse_variant("teacher-lora", params)
-    model = build.adapted(params, paths.BACKBONES / "teacher", "lora", len(data.classes))
-    history = build.train_supervised(params, model, v.name, data, data, paths.BACKBONES)
-    save_variant(
-        v.folder,
-        model,
-        name=v.name,
-        role="teacher",
-        backbone=paths.BACKBONES / "teacher",
-        classes=data.classes,
-        history=history,
-    )
-
-
 @pytest.mark.parametrize(
     "name",
     [
@@ -232,7 +214,7 @@ def test_drivers_end_in_a_mergeable_student(tiny_project, glyph_data, name):
     params = tiny_project
     variant = parse_variant(name, params)
     if variant.distill == "kd":
-        _train_teacher_lora(params, glyph_data)
+        build.train_variant(params, parse_variant("teacher-lora", params), glyph_data, glyph_data)
     history = {"idat": idat.run, "wecolora": wecolora.run, "kd": kd.run}[variant.distill](
         params, variant, glyph_data, glyph_data
     )
