@@ -73,6 +73,12 @@ def deployables(variants: list[Variant]) -> dict[str, Variant]:
     return out
 
 
+def shipped(name: str, variant: Variant) -> bool:
+    """Whether `name` is what one deploys of its variant: the merged form where there is one
+    (the unmerged form stays only to be compared), else the model itself."""
+    return name == variant.merged_name or not merges(variant)
+
+
 def load_deployable(name: str, variant: Variant) -> torch.nn.Module:
     """A model by its deployable name: `<variant>` (with adapters) or `<variant>-merged`."""
     if name == variant.merged_name:

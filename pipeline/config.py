@@ -136,14 +136,31 @@ class MergeConfig:
 class ExportConfig:
     opset: int = _check(lambda v: None if v >= 18 else "must be >= 18", 18)
     tolerance: float = _check(_positive, 1e-4)
+    # ONNX Runtime's SkipLayerNormalization fusion: slower than Add + LayerNorm on CPU
+    skip_layer_norm: bool = False
+    calibration_images: int = _check(_positive, 256)  # training images for static INT8
+    max_batch_size: int = _check(_positive, 64)  # TensorRT profile and Triton config
+    max_queue_delay_us: int = _check(_non_negative, 500)  # Triton dynamic batching
+
+
+@dataclass(frozen=True)
+class ReferenceConfig:
+    """A real-size model for the deployment speed figures (random weights: nothing to fetch)."""
+
+    arch: str = "vit_small_patch16_224"
+    image_size: int = _check(_positive, 224)
+    num_classes: int = _check(_positive, 10)
+    batch_sizes: list[int] = field(default_factory=lambda: [1])
+    calibration_images: int = _check(_positive, 16)
 
 
 @dataclass(frozen=True)
 class BenchmarkConfig:
-    batch_sizes: list[int] = field(default_factory=lambda: [1, 32])
+    batch_sizes: list[int] = field(default_factory=lambda: [1, 8, 32])
     warmup: int = _check(_non_negative, 5)
     iterations: int = _check(_positive, 30)
     threads: int = _check(_positive, 2)
+    reference: ReferenceConfig = field(default_factory=ReferenceConfig)
 
 
 @dataclass(frozen=True)

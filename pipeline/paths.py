@@ -10,6 +10,7 @@ ADAPTERS = Path("models/adapters")
 DISTILLED = Path("models/distilled")
 MERGED = Path("models/merged")
 ONNX = Path("models/onnx")
+TRITON = Path("models/triton")  # a Triton Inference Server model repository
 METRICS = Path("metrics")
 PLOTS = Path("plots")
 LIVE = Path("dvclive")

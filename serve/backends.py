@@ -43,11 +43,14 @@ def ort_providers() -> list[str]:
 
 
 class OnnxRuntimeBackend:
-    name = "onnxruntime"
+    """ONNX Runtime, with its CUDA provider when present; `name` tells which artefact it runs."""
 
-    def __init__(self, path: str | Path, threads: int | None = None) -> None:
+    def __init__(
+        self, path: str | Path, threads: int | None = None, name: str = "onnxruntime"
+    ) -> None:
         import onnxruntime as ort
 
+        self.name = name
         if not Path(path).is_file():
             raise PipelineError(f"{path}: ONNX model not found (run the export stage first)")
         opts = ort.SessionOptions()
@@ -61,6 +64,60 @@ class OnnxRuntimeBackend:
     def run(self, images: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(images, dtype=np.float32)
         return self.session.run(None, {self.input_name: x})[0]
+
+
+class TensorRTBackend:
+    """A serialized TensorRT engine (the export stage's `model.plan`); CUDA only."""
+
+    name = "tensorrt"
+
+    def __init__(self, path: str | Path) -> None:
+        from pipeline.export.tensorrt import unavailable
+
+        if reason := unavailable():
+            raise PipelineError(f"{path}: the TensorRT backend cannot run here: {reason}")
+        if not Path(path).is_file():
+            raise PipelineError(
+                f"{path}: TensorRT engine not found (run the export stage on a GPU)"
+            )
+        import tensorrt as trt
+
+        runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+        self.engine = runtime.deserialize_cuda_engine(Path(path).read_bytes())
+        if self.engine is None:
+            raise PipelineError(f"{path}: not an engine this TensorRT version can load")
+        self.context = self.engine.create_execution_context()
+        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        (self.input_name,) = inputs
+        (self.output_name,) = [n for n in names if n not in inputs]
+        self.stream = torch.cuda.Stream()
+
+    @torch.inference_mode()
+    def run(self, images: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)).cuda()
+        self.context.set_input_shape(self.input_name, tuple(x.shape))
+        out = torch.empty(
+            tuple(self.context.get_tensor_shape(self.output_name)),
+            dtype=torch.float32,
+            device="cuda",
+        )
+        self.context.set_tensor_address(self.input_name, x.data_ptr())
+        self.context.set_tensor_address(self.output_name, out.data_ptr())
+        with torch.cuda.stream(self.stream):
+            self.stream.wait_stream(torch.cuda.current_stream())
+            if not self.context.execute_async_v3(self.stream.cuda_stream):
+                raise PipelineError("TensorRT failed to run the engine")
+        self.stream.synchronize()
+        return out.cpu().numpy()
+
+
+def open_backend(name: str, path: str | Path, threads: int | None = None) -> Backend:
+    """The backend for an exported file: `tensorrt` for an engine, else ONNX Runtime under
+    `name` (onnxruntime, onnxruntime-optimized, onnxruntime-int8)."""
+    if name == "tensorrt":
+        return TensorRTBackend(path)
+    return OnnxRuntimeBackend(path, threads, name=name)
 
 
 def run_batched(backend: Backend, images: np.ndarray, batch_size: int = 256) -> np.ndarray:

@@ -1,4 +1,5 @@
-"""benchmark: in-process latency and throughput of every model, torch vs ONNX Runtime."""
+"""benchmark: in-process latency and throughput of every model in torch and of every exported
+artefact (ONNX Runtime fp32, optimised and INT8; TensorRT where an engine was built)."""
 
 from __future__ import annotations
 
@@ -11,10 +12,11 @@ from pipeline.bench import measure
 from pipeline.cli import run_stage
 from pipeline.config import load_params
 from pipeline.data import to_tensor
+from pipeline.export.files import artefacts
 from pipeline.io import write_json
 from pipeline.plots import latency_bars, ratio_bars
 from pipeline.variants import all_variants
-from serve.backends import OnnxRuntimeBackend, TorchBackend
+from serve.backends import TorchBackend, open_backend
 
 
 def main(argv: list[str]) -> None:
@@ -25,17 +27,16 @@ def main(argv: list[str]) -> None:
     rows = []
     variants = all_variants(params)
     for name, variant in deployables(variants).items():
-        backends = [
-            TorchBackend(load_deployable(name, variant)),
-            OnnxRuntimeBackend(paths.ONNX / name / "model.onnx", threads=cfg.threads),
-        ]
+        backends = [TorchBackend(load_deployable(name, variant))]
+        files = artefacts(paths.ONNX / name)
+        backends += [open_backend(kind, path, cfg.threads) for kind, path in files.items()]
         for backend in backends:
             for bs in cfg.batch_sizes:
                 x = np.resize(images, (bs, *images.shape[1:]))  # repeats images if bs > test set
                 stats = measure(lambda b=backend, x=x: b.run(x), bs, cfg.warmup, cfg.iterations)
                 rows.append({"variant": name, "backend": backend.name, "batch_size": bs, **stats})
                 print(
-                    f"{name:28s} {backend.name:12s} batch {bs:3d}: p50 {stats['p50_ms']:8.3f} ms"
+                    f"{name:28s} {backend.name:22s} batch {bs:3d}: p50 {stats['p50_ms']:8.3f} ms"
                     f"  p99 {stats['p99_ms']:8.3f} ms  {stats['throughput']:9.1f} img/s"
                 )
     ratios = _ratios(rows)

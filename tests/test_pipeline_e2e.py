@@ -40,7 +40,13 @@ TINY_PARAMS = {
         "variants": ["student-lora-kd", "student-lora_qkv-wecolora"],
         "wecolora": {"recipe": {"epochs": 1}},
     },
-    "benchmark": {"batch_sizes": [1, 4], "warmup": 1, "iterations": 3},
+    "export": {"calibration_images": 32},
+    "benchmark": {
+        "batch_sizes": [1, 4],
+        "warmup": 1,
+        "iterations": 3,
+        "reference": {"arch": "vit_tiny_patch16_224", "image_size": 32, "calibration_images": 2},
+    },
 }
 
 
@@ -112,22 +118,48 @@ def test_metrics_contracts(project):
         assert 0 < row["adapter_bytes"] < row["model_bytes"]
 
     export = _json(project, "export.json")
-    assert set(export) == names
-    for row in export.values():
+    assert export["tensorrt"].startswith("skipped: ") or torch.cuda.is_available()
+    models = export["models"]
+    assert set(models) == names
+    shipped = {n for n in names if n.endswith("-merged")} | {"student-adapter", "student-linear"}
+    for name, row in models.items():
         assert (project / row["onnx_path"]).is_file()
         assert row["max_abs_diff"] <= 1e-4 and row["top1_agreement"] == 100.0
+        assert ("int8_path" in row) == (name in shipped)
+    for name in shipped:
+        row = models[name]
+        for key in ("optimized", "fp16", "int8", "int8_static"):
+            assert (project / row[f"{key}_path"]).is_file()
+        assert row["optimized_max_abs_diff"] <= 1e-4
+        assert row["fp16_top1_agreement"] >= 95
+        assert abs(row["int8_top1"] - row["top1"]) <= 10  # tiny models, 2 epochs: loose
+        config = project / "models/triton" / name / "config.pbtxt"
+        assert f'name: "{name}"' in config.read_text()
+        assert (config.parent / "1/model.onnx").is_file()
+    # attention fuses in every plain ViT; the adapter's wrapped blocks keep theirs apart
+    assert models["student-lora-merged"]["fused_ops"]["Attention"] == 1
+    assert models["teacher-lora-merged"]["fused_ops"]["Attention"] == 2
+    assert models["student-lora"]["attention_rewritten"] == 0
 
     bench = _json(project, "benchmark.json")
     rows = bench["rows"]
-    assert len(rows) == len(names) * 2 * 2  # models x backends x batch sizes
+    backends = ["torch", "onnxruntime", "onnxruntime-optimized", "onnxruntime-int8"]
+    assert len(rows) == (len(names) - len(shipped)) * 2 * 2 + len(shipped) * 4 * 2
     assert set(bench["unmerged_over_merged"]) == {n[: -len("-merged")] for n in merge}
-    assert {r["backend"] for r in rows} == {"torch", "onnxruntime"}
+    assert {r["backend"] for r in rows} == set(backends)
     for r in rows:
         assert 0 < r["p50_ms"] <= r["p95_ms"] <= r["p99_ms"] and r["throughput"] > 0
 
+    reference = _json(project, "reference.json")
+    assert {r["backend"] for r in reference["rows"]} >= set(backends)
+    assert reference["fused_ops"]["Attention"] == 12  # vit_tiny: 12 blocks
+    assert reference["speedup_over_torch"]["onnxruntime-int8@1"] > 0
+    assert "MatMul" in reference["profile_ms"]["onnxruntime-optimized"]
+
 
 def test_outputs_people_look_at(project):
-    for png in ("plots/confusion.png", "plots/benchmark.png", "plots/merge_speedup.png"):
+    pngs = ("confusion.png", "benchmark.png", "merge_speedup.png", "reference.png")
+    for png in (f"plots/{name}" for name in pngs):
         assert (project / png).read_bytes().startswith(b"\x89PNG")
     rows = json.loads((project / "plots/confusion/student-lora.json").read_text())
     assert len(rows) == 797 and set(rows[0]) == {"actual", "predicted"}

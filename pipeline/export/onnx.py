@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
+import tempfile
 from pathlib import Path
 
 import onnx
 import torch
 
-from pipeline.io import atomic_path
-
 INPUT_NAME = "images"
 OUTPUT_NAME = "logits"
+# protobuf caps a file at 2 GiB (graph included): above this the weights go to `<file>.data`
+EXTERNAL_DATA_BYTES = 1 << 30
 
 
 def export_onnx(
@@ -21,13 +23,23 @@ def export_onnx(
     image_size: int,
     opset: int = 18,
     max_batch: int = 4096,
+    external_data_bytes: int = EXTERNAL_DATA_BYTES,
 ) -> Path:
-    """Export `model` (eval mode, fp32, CPU) to `path`: input `images` (batch, 3, H, W)."""
+    """Export `model` (eval mode, fp32, CPU) to `path`: input `images` (batch, 3, H, W), output
+    `logits`; the weights go to external data when they are over `external_data_bytes`."""
     model = model.eval().float().cpu()
+    weights = sum(t.numel() * t.element_size() for t in model.state_dict().values())
     example = torch.randn(2, 3, image_size, image_size)
     batch = torch.export.Dim("batch", min=1, max=max_batch)
     path = Path(path)
-    with atomic_path(path) as tmp, contextlib.redirect_stdout(io.StringIO()):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Written in a scratch folder under its final name (external data records the file name),
+    # then moved in, data first: an interrupted export leaves no half-written model.onnx.
+    with (
+        tempfile.TemporaryDirectory(dir=path.parent, prefix=".export.") as scratch,
+        contextlib.redirect_stdout(io.StringIO()),
+    ):
+        tmp = Path(scratch) / path.name
         program = torch.onnx.export(
             model,
             (example,),
@@ -38,7 +50,10 @@ def export_onnx(
             dynamic_shapes={"x": {0: batch}},
             verbose=False,
         )
-        # One self-contained file up to protobuf's 2 GB limit; larger models need external data.
-        program.save(str(tmp), external_data=False)
+        program.save(str(tmp), external_data=weights > external_data_bytes)
         onnx.checker.check_model(str(tmp))
+        for extra in Path(scratch).iterdir():
+            if extra != tmp:
+                os.replace(extra, path.parent / extra.name)
+        os.replace(tmp, path)
     return path

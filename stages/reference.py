@@ -1,0 +1,132 @@
+"""reference: deployment speed of a real-size merged ViT (ViT-S/16 at 224 by default), torch
+eager against each ONNX Runtime artefact the export stage makes, with ONNX Runtime's operator
+profile of the optimised and INT8 graphs to say where the time goes.
+
+The default models are small enough for CPU training, too small for their latency to say
+anything about a real deployment; this stage measures the real architecture instead (random
+weights: speed does not depend on them; accuracy is measured on the trained models, in
+metrics/export.json).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import timm
+import torch
+
+from pipeline import adapters, paths
+from pipeline.bench import measure, ort_profile
+from pipeline.cli import run_stage
+from pipeline.config import load_params
+from pipeline.export import export_onnx
+from pipeline.export.fusable import fusable
+from pipeline.export.optimize import optimize_vit
+from pipeline.export.quantize import quantize_int8_dynamic, quantize_int8_static
+from pipeline.io import write_json
+from pipeline.plots import latency_bars
+from pipeline.train.loop import seed_everything
+from serve.backends import OnnxRuntimeBackend, TorchBackend
+
+PROFILE_RUNS = 20
+
+
+def merged_model(arch: str, num_classes: int, image_size: int) -> torch.nn.Module:
+    """`arch` with a LoRA whose up-projections are non-zero, merged: a plain timm ViT."""
+    model = timm.create_model(arch, pretrained=False, num_classes=num_classes, img_size=image_size)
+    adapters.inject(model, "lora", rank=8)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.02)
+    return adapters.merge(model).eval()
+
+
+def main(argv: list[str]) -> None:
+    params = load_params()
+    cfg, threads = params.benchmark.reference, params.benchmark.threads
+    seed_everything(params.seed)
+    torch.set_num_threads(threads)
+    model = merged_model(cfg.arch, cfg.num_classes, cfg.image_size)
+    rng = np.random.default_rng(params.seed)
+    shape = (3, cfg.image_size, cfg.image_size)
+    images = rng.uniform(-1, 1, (max(cfg.batch_sizes), *shape)).astype(np.float32)
+    calibration = rng.uniform(-1, 1, (cfg.calibration_images, *shape)).astype(np.float32)
+    attn = next(m for m in model.modules() if isinstance(m, timm.layers.Attention))
+    heads, width = attn.num_heads, attn.num_heads * attn.head_dim
+    report: dict = {"arch": cfg.arch, "image_size": cfg.image_size, "threads": threads}
+    with tempfile.TemporaryDirectory() as scratch:
+        d = Path(scratch)
+        onnx = export_onnx(fusable(model)[0], d / "model.onnx", cfg.image_size)
+        # the shipped CPU configuration, and the optimiser's full set of fusions beside it
+        report["fused_ops"] = optimize_vit(onnx, d / "optimized.onnx", heads, width, False)
+        report["fused_ops_skip_layer_norm"] = optimize_vit(
+            onnx, d / "optimized-skipln.onnx", heads, width, True
+        )
+        files = {
+            "onnxruntime": onnx,
+            "onnxruntime-optimized": d / "optimized.onnx",
+            "onnxruntime-optimized-skipln": d / "optimized-skipln.onnx",
+            "onnxruntime-int8": quantize_int8_dynamic(d / "optimized.onnx", d / "int8.onnx"),
+            "onnxruntime-int8-skipln": quantize_int8_dynamic(
+                d / "optimized-skipln.onnx", d / "int8-skipln.onnx"
+            ),
+            "onnxruntime-int8-static": quantize_int8_static(
+                onnx, d / "int8-static.onnx", calibration
+            ),
+        }
+        backends = [TorchBackend(model, device="cpu")]
+        backends += [OnnxRuntimeBackend(f, threads, name=n) for n, f in files.items()]
+        ref = backends[0].run(images)
+        rows = []
+        for backend in backends:
+            out = backend.run(images)
+            diff = float(np.abs(out - ref).max())
+            for bs in cfg.batch_sizes:
+                x = images[:bs]
+                stats = measure(
+                    lambda b=backend, x=x: b.run(x),
+                    bs,
+                    params.benchmark.warmup,
+                    params.benchmark.iterations,
+                )
+                rows.append(
+                    {
+                        "variant": cfg.arch,
+                        "backend": backend.name,
+                        "batch_size": bs,
+                        **stats,
+                        "max_abs_diff_vs_torch": diff,
+                    }
+                )
+                print(
+                    f"{backend.name:30s} batch {bs:3d}: p50 {stats['p50_ms']:8.2f} ms "
+                    f"{stats['throughput']:8.1f} img/s  max |diff| vs torch {diff:.2e}"
+                )
+        report["profile_ms"] = {
+            name: ort_profile(files[name], images[:1], PROFILE_RUNS, threads, d)
+            for name in (
+                "onnxruntime-optimized",
+                "onnxruntime-optimized-skipln",
+                "onnxruntime-int8",
+                "onnxruntime-int8-skipln",
+            )
+        }
+    torch_p50 = {r["batch_size"]: r["p50_ms"] for r in rows if r["backend"] == "torch"}
+    report["speedup_over_torch"] = {
+        f"{r['backend']}@{r['batch_size']}": torch_p50[r["batch_size"]] / r["p50_ms"]
+        for r in rows
+        if r["backend"] != "torch"
+    }
+    report["rows"] = rows
+    write_json(paths.METRICS / "reference.json", report)
+    latency_bars(rows, paths.PLOTS / "reference.png")
+    for key, ratio in report["speedup_over_torch"].items():
+        print(f"{key}: {ratio:.2f}x torch eager")
+
+
+if __name__ == "__main__":
+    torch.set_grad_enabled(False)
+    run_stage(main)
