@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +16,17 @@ from pipeline.io import atomic_path
 # What INT8 covers: the projections (inside fused Attention too). The patch-embedding Conv stays
 # fp32: ONNX Runtime's ConvInteger is slower on CPU than the fp32 Conv it would replace.
 INT8_OPS = ["MatMul", "Attention"]
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """The quantiser logs advice at WARNING on the root logger for every model; keep errors."""
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        yield
+    finally:
+        logging.disable(previous)
 
 
 def to_fp16(src: str | Path, dst: str | Path) -> Path:
@@ -32,7 +45,7 @@ def quantize_int8_dynamic(src: str | Path, dst: str | Path) -> Path:
     Run on the optimised graph, where fused Attention becomes QAttention."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    with atomic_path(dst) as tmp:
+    with atomic_path(dst) as tmp, _quiet():
         quantize_dynamic(
             str(src),
             str(tmp),
@@ -66,7 +79,7 @@ def quantize_int8_static(
         def get_next(self) -> dict[str, np.ndarray] | None:
             return next(self.batches, None)
 
-    with atomic_path(dst) as tmp:
+    with atomic_path(dst) as tmp, _quiet():
         quantize_static(
             str(src),
             str(tmp),
