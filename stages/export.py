@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from timm.layers import Attention
 
 from pipeline import PipelineError, paths
 from pipeline.artifacts import deployables, load_deployable, load_task, shipped
@@ -16,7 +15,7 @@ from pipeline.config import ExportConfig, load_params
 from pipeline.data import to_tensor
 from pipeline.export import export_onnx, files, tensorrt, triton
 from pipeline.export.fusable import fusable
-from pipeline.export.optimize import optimize_vit
+from pipeline.export.optimize import attention_shape, optimize_vit
 from pipeline.export.quantize import quantize_int8_dynamic, quantize_int8_static, to_fp16
 from pipeline.io import write_json
 from pipeline.train.loop import predict
@@ -54,13 +53,8 @@ def ship(
     trt_skipped: str | None,
 ) -> dict:
     """The deployment artefacts of one model beside its model.onnx, each checked."""
-    attn = next(m for m in model.modules() if isinstance(m, Attention))
     fused = optimize_vit(
-        folder / files.ONNX,
-        folder / files.OPTIMIZED,
-        attn.num_heads,
-        attn.num_heads * attn.head_dim,
-        cfg.skip_layer_norm,
+        folder / files.ONNX, folder / files.OPTIMIZED, *attention_shape(model), cfg.skip_layer_norm
     )
     out = {"fused_ops": fused}
 

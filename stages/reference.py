@@ -23,7 +23,7 @@ from pipeline.cli import run_stage
 from pipeline.config import load_params
 from pipeline.export import export_onnx
 from pipeline.export.fusable import fusable
-from pipeline.export.optimize import optimize_vit
+from pipeline.export.optimize import attention_shape, optimize_vit
 from pipeline.export.quantize import quantize_int8_dynamic, quantize_int8_static
 from pipeline.io import write_json
 from pipeline.plots import latency_bars
@@ -54,8 +54,7 @@ def main(argv: list[str]) -> None:
     shape = (3, cfg.image_size, cfg.image_size)
     images = rng.uniform(-1, 1, (max(cfg.batch_sizes), *shape)).astype(np.float32)
     calibration = rng.uniform(-1, 1, (cfg.calibration_images, *shape)).astype(np.float32)
-    attn = next(m for m in model.modules() if isinstance(m, timm.layers.Attention))
-    heads, width = attn.num_heads, attn.num_heads * attn.head_dim
+    heads, width = attention_shape(model)
     report: dict = {"arch": cfg.arch, "image_size": cfg.image_size, "threads": threads}
     with tempfile.TemporaryDirectory() as scratch:
         d = Path(scratch)

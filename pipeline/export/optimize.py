@@ -4,10 +4,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from timm.layers import Attention
+from torch import nn
+
 from pipeline.io import atomic_path
 
 # The fused operators reported for a ViT; the optimiser's other counters are for other models.
 FUSED_OPS = ("Attention", "BiasGelu", "SkipLayerNormalization", "LayerNormalization")
+
+
+def attention_shape(model: nn.Module) -> tuple[int, int]:
+    """(num_heads, hidden size) of the model's timm attention: what the optimiser must be told."""
+    attn = next(m for m in model.modules() if isinstance(m, Attention))
+    return attn.num_heads, attn.num_heads * attn.head_dim
 
 
 def optimize_vit(
