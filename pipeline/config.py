@@ -154,6 +154,35 @@ class ReferenceConfig:
     calibration_images: int = _check(_positive, 16)
 
 
+def _all_of(*choices: str):
+    def check(values: list[str]) -> str | None:
+        bad = [v for v in values if v not in choices]
+        return f"has {bad[0]!r}: each must be one of {', '.join(choices)}" if bad else None
+
+    return check
+
+
+def _levels(values: list[int]) -> str | None:
+    return None if values and min(values) >= 1 else "must be a non-empty list of levels >= 1"
+
+
+@dataclass(frozen=True)
+class ServingConfig:
+    """The served benchmark: `python -m serve` per backend, driven by `serve.bench` (the
+    perf_analyzer method); the server batches as export.max_batch_size/max_queue_delay_us say."""
+
+    backends: list[str] = _check(  # tensorrt only where the export stage built engines
+        _all_of("torch", "onnxruntime", "tensorrt"),
+        default_factory=lambda: ["torch", "onnxruntime", "tensorrt"],
+    )
+    variants: list[str] | None = None  # merged and unmerged form of each; None: every one
+    concurrency: list[int] = _check(_levels, default_factory=lambda: [1, 4, 16])
+    window_ms: int = _check(_positive, 500)
+    stability: float = _check(_positive, 10.0)  # percent
+    max_windows: int = _check(_positive, 8)
+    warmup_s: float = _check(_non_negative, 0.5)
+
+
 @dataclass(frozen=True)
 class BenchmarkConfig:
     batch_sizes: list[int] = field(default_factory=lambda: [1, 8, 32])
@@ -161,6 +190,7 @@ class BenchmarkConfig:
     iterations: int = _check(_positive, 30)
     threads: int = _check(_positive, 2)
     reference: ReferenceConfig = field(default_factory=ReferenceConfig)
+    serve: ServingConfig = field(default_factory=ServingConfig)
 
 
 @dataclass(frozen=True)

@@ -104,3 +104,34 @@ def ratio_bars(ratios: dict[str, dict[str, float]], path: str | Path) -> None:
     ax.set_title("what not merging costs")
     ax.legend(fontsize=7)
     _save(fig, path)
+
+
+def latency_throughput(rows: list[dict], path: str | Path, title: str = "") -> None:
+    """Served load: p50 latency (whisker to p99) against throughput, one line per model (and
+    backend), one point per client concurrency, as perf_analyzer's curves."""
+    fig, ax = plt.subplots(figsize=(7.5, 5))
+    series: dict[str, list[dict]] = {}
+    for r in rows:
+        label = f"{r['model']} ({r['backend']})" if r.get("backend") else r["model"]
+        series.setdefault(label, []).append(r)
+    for label, points in series.items():
+        points = sorted(points, key=lambda r: r["concurrency"])
+        xs = [p["throughput"] for p in points]
+        ys = [p["p50_ms"] for p in points]
+        err = [[0] * len(points), [p["p99_ms"] - p["p50_ms"] for p in points]]
+        line = ax.errorbar(xs, ys, yerr=err, marker="o", capsize=2, label=label)
+        for p, x, y in zip(points, xs, ys):
+            ax.annotate(
+                f"c{p['concurrency']}",
+                (x, y),
+                textcoords="offset points",
+                xytext=(4, 4),
+                fontsize=7,
+                color=line[0].get_color(),
+            )
+    ax.set_xlabel("throughput (images/s)")
+    ax.set_ylabel("latency ms (p50, whisker to p99)")
+    ax.set_title(title or "latency against throughput by client concurrency")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    _save(fig, path)

@@ -9,10 +9,16 @@ import numpy as np
 import torch
 
 from pipeline import PipelineError
+from pipeline.export.onnx import INPUT_NAME, OUTPUT_NAME
 
 
 class Backend(Protocol):
     name: str
+    input_name: str
+    output_name: str
+    input_shape: tuple[int, int, int]  # (C, H, W): the batch axis is free
+    num_classes: int
+    on_gpu: bool
 
     def run(self, images: np.ndarray) -> np.ndarray: ...
 
@@ -21,10 +27,16 @@ class TorchBackend:
     """Eager PyTorch, on CUDA when present."""
 
     name = "torch"
+    input_name, output_name = INPUT_NAME, OUTPUT_NAME
 
     def __init__(self, model: torch.nn.Module, device: str | None = None) -> None:
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.on_gpu = self.device.type == "cuda"
         self.model = model.eval().to(self.device)
+        embed = model.patch_embed  # a timm ViT; an adapter may wrap its conv
+        conv = next(m for m in embed.modules() if isinstance(m, torch.nn.Conv2d))
+        self.input_shape = (conv.in_channels, *embed.img_size)
+        self.num_classes = model.num_classes
 
     @torch.inference_mode()
     def run(self, images: np.ndarray) -> np.ndarray:
@@ -59,7 +71,11 @@ class OnnxRuntimeBackend:
             opts.intra_op_num_threads = threads
             opts.inter_op_num_threads = 1
         self.session = ort.InferenceSession(str(path), opts, providers=ort_providers())
-        self.input_name = self.session.get_inputs()[0].name
+        self.on_gpu = self.session.get_providers()[0] == "CUDAExecutionProvider"
+        (tensor,) = self.session.get_inputs()
+        self.input_name, self.output_name = tensor.name, self.session.get_outputs()[0].name
+        self.input_shape = tuple(tensor.shape[1:])
+        self.num_classes = self.session.get_outputs()[0].shape[-1]
 
     def run(self, images: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(images, dtype=np.float32)
@@ -70,6 +86,7 @@ class TensorRTBackend:
     """A serialized TensorRT engine (the export stage's `model.plan`); CUDA only."""
 
     name = "tensorrt"
+    on_gpu = True
 
     def __init__(self, path: str | Path) -> None:
         from pipeline.export.tensorrt import unavailable
@@ -91,6 +108,8 @@ class TensorRTBackend:
         inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         (self.input_name,) = inputs
         (self.output_name,) = [n for n in names if n not in inputs]
+        self.input_shape = tuple(self.engine.get_tensor_shape(self.input_name))[1:]
+        self.num_classes = self.engine.get_tensor_shape(self.output_name)[-1]
         self.stream = torch.cuda.Stream()
 
     @torch.inference_mode()

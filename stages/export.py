@@ -15,6 +15,7 @@ from pipeline.config import ExportConfig, load_params
 from pipeline.data import to_tensor
 from pipeline.export import export_onnx, files, tensorrt, triton
 from pipeline.export.fusable import fusable
+from pipeline.export.metadata import preprocessing
 from pipeline.export.optimize import attention_shape, optimize_vit
 from pipeline.export.quantize import quantize_int8_dynamic, quantize_int8_static, to_fp16
 from pipeline.io import write_json
@@ -104,7 +105,13 @@ def main(argv: list[str]) -> None:
         # the same function in the layout ONNX Runtime's optimiser fuses (plain ViTs only)
         export_model, rewritten = fusable(model)
         folder = paths.ONNX / name
-        path = export_onnx(export_model, folder / files.ONNX, params.data.image_size, cfg.opset)
+        path = export_onnx(
+            export_model,
+            folder / files.ONNX,
+            params.data.image_size,
+            cfg.opset,
+            metadata=preprocessing(test.classes),
+        )
         stats = compare(ref, run_batched(OnnxRuntimeBackend(path), test_images), test.labels)
         check_fp32(name, "ONNX Runtime", stats, cfg.tolerance)
         row = models[name] = {

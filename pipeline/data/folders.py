@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image
@@ -13,13 +14,19 @@ from pipeline.data.arrays import ImageSet
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
 
+def read_image(source: str | Path | BinaryIO, size: int | tuple[int, int]) -> np.ndarray:
+    """One image file (path or open binary file) as uint8 RGB (H, W, 3) at `size` (square, or
+    (H, W)); raises OSError or ValueError for what is not a readable image."""
+    height, width = (size, size) if isinstance(size, int) else size
+    with Image.open(source) as im:
+        return np.asarray(im.convert("RGB").resize((width, height), Image.Resampling.BICUBIC))
+
+
 def _read(paths: list[Path], size: int) -> np.ndarray:
     out = np.empty((len(paths), size, size, 3), np.uint8)
     for i, p in enumerate(paths):
         try:
-            with Image.open(p) as im:
-                im = im.convert("RGB").resize((size, size), Image.Resampling.BICUBIC)
-                out[i] = np.asarray(im)
+            out[i] = read_image(p, size)
         except (OSError, ValueError) as e:
             raise PipelineError(f"{p}: cannot read image ({e})") from e
     return out

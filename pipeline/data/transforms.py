@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -13,12 +15,12 @@ MEAN = (0.5, 0.5, 0.5)
 STD = (0.5, 0.5, 0.5)
 
 
-def to_tensor(images: np.ndarray) -> torch.Tensor:
+def to_tensor(
+    images: np.ndarray, mean: Sequence[float] = MEAN, std: Sequence[float] = STD
+) -> torch.Tensor:
     """uint8 (N, H, W, 3) -> normalised float32 (N, 3, H, W)."""
     x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 255.0
-    mean = torch.tensor(MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(STD).view(1, 3, 1, 1)
-    return (x - mean) / std
+    return (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
 
 
 class _Images(Dataset):

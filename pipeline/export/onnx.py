@@ -24,9 +24,12 @@ def export_onnx(
     opset: int = 18,
     max_batch: int = 4096,
     external_data_bytes: int = EXTERNAL_DATA_BYTES,
+    metadata: dict[str, str] | None = None,
 ) -> Path:
     """Export `model` (eval mode, fp32, CPU) to `path`: input `images` (batch, 3, H, W), output
-    `logits`; the weights go to external data when they are over `external_data_bytes`."""
+    `logits`; the weights go to external data when they are over `external_data_bytes`.
+    `metadata` goes into the file's metadata_props (what a server needs to read: classes,
+    normalisation)."""
     model = model.eval().float().cpu()
     weights = sum(t.numel() * t.element_size() for t in model.state_dict().values())
     example = torch.randn(2, 3, image_size, image_size)
@@ -51,6 +54,10 @@ def export_onnx(
             verbose=False,
         )
         program.save(str(tmp), external_data=weights > external_data_bytes)
+        if metadata:
+            proto = onnx.load(str(tmp), load_external_data=False)
+            onnx.helper.set_model_props(proto, metadata)
+            onnx.save(proto, str(tmp))
         onnx.checker.check_model(str(tmp))
         for extra in Path(scratch).iterdir():
             if extra != tmp:

@@ -1,0 +1,345 @@
+"""`python -m serve.bench --url URL --model M --concurrency 1,4,16`: a closed-loop load client
+measured the way Triton's perf_analyzer measures.
+
+Per concurrency level, `concurrency` clients each send a request as soon as their last one
+returns. After a warm-up, the load runs in fixed measurement windows until the last
+`stable_windows` windows agree (throughput and mean latency each within `stability` percent of
+their average) or `max_windows` is reached; the figures pool those last windows. The server's
+own statistics, read at each window edge, split its time into queueing and compute; its
+/metrics give its resident memory per window. `--duration` turns this into a soak: windows for
+a fixed time, with no stability rule.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from pipeline import PipelineError
+from pipeline.cli import run_stage
+from pipeline.io import write_json
+from serve.protocol import encode_infer_request
+
+
+@dataclass(frozen=True)
+class LoadConfig:
+    concurrency: list[int] = field(default_factory=lambda: [1, 4, 16])
+    batch_size: int = 1  # images per request
+    window_ms: int = 1000
+    stability: float = 10.0  # percent
+    stable_windows: int = 3
+    max_windows: int = 10
+    warmup_s: float = 1.0
+    binary: bool = True  # the binary tensor extension; False sends JSON tensors
+    duration_s: float | None = None  # soak: measure this long, no stability rule
+    timeout_s: float = 60.0
+
+
+@dataclass
+class _Window:
+    latencies: list[float] = field(default_factory=list)
+    errors: int = 0
+    start: float = 0.0
+    end: float = 0.0
+    stats: dict | None = None  # the server's cumulative statistics at the window's end
+    rss_bytes: float | None = None
+
+    @property
+    def throughput(self) -> float:  # requests/s
+        return len(self.latencies) / max(self.end - self.start, 1e-9)
+
+    @property
+    def mean(self) -> float:
+        return float(np.mean(self.latencies)) if self.latencies else float("inf")
+
+
+def stable(windows: list[_Window], n: int, percent: float) -> bool:
+    """perf_analyzer's rule: in each of the last `n` windows, throughput and mean latency lie
+    within `percent` of their average over those windows."""
+    if len(windows) < n:
+        return False
+    last = windows[-n:]
+    if any(not w.latencies or w.errors for w in last):
+        return False
+    for values in ([w.throughput for w in last], [w.mean for w in last]):
+        avg = float(np.mean(values))
+        if any(abs(v - avg) > avg * percent / 100 for v in values):
+            return False
+    return True
+
+
+class _Client:
+    def __init__(self, url: str, api_key: str | None, timeout_s: float) -> None:
+        import aiohttp
+
+        self.url = url.rstrip("/")
+        self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0),
+            timeout=aiohttp.ClientTimeout(total=timeout_s),
+            headers=self.headers,
+        )
+
+    async def get_json(self, path: str) -> dict:
+        async with self.session.get(self.url + path) as r:
+            body = await r.json(content_type=None)
+            if r.status != 200:
+                raise PipelineError(f"{self.url}{path}: HTTP {r.status}: {body.get('error', body)}")
+            return body
+
+    async def rss_bytes(self) -> float | None:
+        async with self.session.get(self.url + "/metrics") as r:
+            text = await r.text()
+        for line in text.splitlines():
+            if line.startswith("process_resident_memory_bytes "):
+                return float(line.split()[1])
+        return None
+
+    async def close(self) -> None:
+        await self.session.close()
+
+
+def _server_split(first: dict | None, last: dict | None) -> dict[str, float]:
+    """Mean queue and compute time per request, and mean executed batch, between two reads of
+    the server's statistics."""
+    if not first or not last:
+        return {}
+
+    def delta(kind: str) -> tuple[int, int]:
+        a, b = first["inference_stats"][kind], last["inference_stats"][kind]
+        return b["count"] - a["count"], b["ns"] - a["ns"]
+
+    requests, _ = delta("success")
+    queue_n, queue_ns = delta("queue")
+    batches, compute_ns = delta("compute_infer")
+    images = last["inference_count"] - first["inference_count"]
+    if not requests or not batches:
+        return {}
+    return {
+        "server_queue_ms": queue_ns / max(queue_n, 1) / 1e6,
+        "server_compute_ms": compute_ns / batches / 1e6,  # per executed batch
+        "server_batch_mean": images / batches,
+    }
+
+
+async def _level(
+    client: _Client, model: str, body: bytes, headers: dict, concurrency: int, cfg: LoadConfig
+) -> dict:
+    path = f"{client.url}/v2/models/{model}/infer"
+    windows: list[_Window] = []
+    current = _Window()
+    stop = asyncio.Event()
+
+    async def worker() -> None:
+        nonlocal current
+        while not stop.is_set():
+            t0 = time.perf_counter()
+            try:
+                async with client.session.post(path, data=body, headers=headers) as r:
+                    await r.read()
+                    ok = r.status == 200
+            except Exception:  # refused, dropped or timed out: an error to count, not a crash
+                ok = False
+            if ok:
+                current.latencies.append(time.perf_counter() - t0)
+            else:
+                current.errors += 1
+
+    async def snapshot(w: _Window) -> None:
+        stats = await client.get_json(f"/v2/models/{model}/stats")
+        w.stats = stats["model_stats"][0]
+        w.rss_bytes = await client.rss_bytes()
+
+    workers = [asyncio.create_task(worker()) for _ in range(concurrency)]
+    progress = _Progress(model, concurrency, cfg)
+    try:
+        await asyncio.sleep(cfg.warmup_s)
+        start = _Window(start=time.perf_counter())
+        await snapshot(start)
+        start.end = start.start
+        current = _Window(start=time.perf_counter())
+        begin = current.start
+        while True:
+            await asyncio.sleep(cfg.window_ms / 1e3)
+            done, current = current, _Window(start=time.perf_counter())
+            done.end = current.start
+            await snapshot(done)
+            windows.append(done)
+            progress.update(done)
+            if cfg.duration_s is not None:
+                if done.end - begin >= cfg.duration_s:
+                    break
+            elif len(windows) >= cfg.max_windows or stable(
+                windows, cfg.stable_windows, cfg.stability
+            ):
+                break
+    finally:
+        stop.set()
+        await asyncio.gather(*workers, return_exceptions=True)
+        progress.close()
+    pooled = windows if cfg.duration_s is not None else windows[-cfg.stable_windows :]
+    before = windows[-len(pooled) - 1] if len(windows) > len(pooled) else start
+    return _summary(model, concurrency, cfg, windows, pooled, before)
+
+
+def _summary(
+    model: str,
+    concurrency: int,
+    cfg: LoadConfig,
+    windows: list[_Window],
+    pooled: list[_Window],
+    before: _Window,
+) -> dict:
+    ms = np.array([lat for w in pooled for lat in w.latencies]) * 1e3
+    seconds = sum(w.end - w.start for w in pooled)
+    rss = [w.rss_bytes / 2**20 for w in windows if w.rss_bytes is not None]
+    row = {
+        "model": model,
+        "concurrency": concurrency,
+        "batch_size": cfg.batch_size,
+        "encoding": "binary" if cfg.binary else "json",
+        "requests": int(ms.size),
+        "errors": sum(w.errors for w in pooled),
+        "windows": len(windows),
+        "stable": cfg.duration_s is None and stable(windows, cfg.stable_windows, cfg.stability),
+        "throughput": ms.size * cfg.batch_size / seconds,  # images/s
+        "requests_per_s": ms.size / seconds,
+    }
+    if ms.size:
+        for q in (50, 90, 95, 99):
+            row[f"p{q}_ms"] = float(np.percentile(ms, q))
+        row["mean_ms"] = float(ms.mean())
+    row.update(_server_split(before.stats, pooled[-1].stats))
+    if rss:
+        row["server_rss_mb"] = [round(r, 2) for r in rss]
+        row["server_rss_growth_mb"] = round(rss[-1] - rss[0], 2)
+    return row
+
+
+class _Progress:
+    """A live line per level on a terminal (tqdm); a summary line each level either way."""
+
+    def __init__(self, model: str, concurrency: int, cfg: LoadConfig) -> None:
+        from tqdm import tqdm
+
+        total = None
+        if cfg.duration_s is not None:
+            total = int(np.ceil(cfg.duration_s * 1e3 / cfg.window_ms))
+        self.bar = tqdm(
+            total=total or cfg.max_windows,
+            desc=f"{model} c{concurrency}",
+            unit="window",
+            leave=False,
+            file=sys.stderr,
+            disable=None,
+        )
+
+    def update(self, w: _Window) -> None:
+        p99 = np.percentile(w.latencies, 99) * 1e3 if w.latencies else float("nan")
+        self.bar.set_postfix_str(f"{w.throughput:.0f} req/s, p99 {p99:.2f} ms, {w.errors} err")
+        self.bar.update()
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+async def _run(url: str, models: list[str], cfg: LoadConfig, api_key: str | None) -> list[dict]:
+    client = _Client(url, api_key, cfg.timeout_s)
+    rows = []
+    try:
+        for model in models:
+            meta = await client.get_json(f"/v2/models/{model}")
+            (tensor,) = meta["inputs"]
+            shape = [cfg.batch_size, *tensor["shape"][1:]]
+            x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+            out = [o["name"] for o in meta["outputs"]]
+            body, headers = encode_infer_request(tensor["name"], x, cfg.binary, out)
+            for c in cfg.concurrency:
+                row = await _level(client, model, body, headers, c, cfg)
+                print(describe(row), file=sys.stderr, flush=True)
+                rows.append(row)
+    finally:
+        await client.close()
+    return rows
+
+
+def describe(row: dict) -> str:
+    text = (
+        f"{row['model']:28s} c{row['concurrency']:<3d} {row['throughput']:9.1f} img/s  "
+        f"p50 {row.get('p50_ms', float('nan')):7.2f}  p99 {row.get('p99_ms', float('nan')):7.2f} ms"
+        f"  {row['errors']} errors"
+    )
+    if "server_queue_ms" in row:
+        text += (
+            f"  server: queue {row['server_queue_ms']:.2f} ms, compute "
+            f"{row['server_compute_ms']:.2f} ms per batch of {row['server_batch_mean']:.1f}"
+        )
+    if "server_rss_growth_mb" in row:
+        text += f"  server memory {row['server_rss_growth_mb']:+.1f} MiB over the windows"
+    return text
+
+
+def load(url: str, models: list[str], cfg: LoadConfig, api_key: str | None = None) -> list[dict]:
+    """Drive a running server: one row per model and concurrency level."""
+    return asyncio.run(_run(url, models, cfg, api_key))
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m serve.bench", description=__doc__)
+    p.add_argument("--url", default="http://127.0.0.1:8000")
+    p.add_argument("--model", action="append", required=True, help="repeat for several")
+    p.add_argument("--concurrency", default="1,4,16", help="comma-separated levels")
+    p.add_argument("--batch-size", type=int, default=1, help="images per request")
+    p.add_argument("--window-ms", type=int, default=1000)
+    p.add_argument("--stability", type=float, default=10.0, help="percent")
+    p.add_argument("--max-windows", type=int, default=10)
+    p.add_argument("--warmup-s", type=float, default=1.0)
+    p.add_argument("--json-tensors", action="store_true", help="JSON tensors instead of binary")
+    p.add_argument("--duration", type=float, default=None, help="soak for this many seconds")
+    p.add_argument("--output", default="serve_bench.json", help="JSON report (a PNG beside it)")
+    p.add_argument("--api-key-env", default="SERVE_API_KEY")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str]) -> None:
+    from pathlib import Path
+
+    from pipeline.plots import latency_throughput
+
+    args = parse_args(argv)
+    try:
+        levels = [int(c) for c in args.concurrency.split(",")]
+    except ValueError:
+        raise PipelineError(
+            f"--concurrency must be integers like 1,4,16: {args.concurrency!r}"
+        ) from None
+    if not levels or min(levels) < 1 or args.batch_size < 1:
+        raise PipelineError("--concurrency levels and --batch-size must be >= 1")
+    cfg = LoadConfig(
+        concurrency=levels,
+        batch_size=args.batch_size,
+        window_ms=args.window_ms,
+        stability=args.stability,
+        max_windows=args.max_windows,
+        warmup_s=args.warmup_s,
+        binary=not args.json_tensors,
+        duration_s=args.duration,
+    )
+    try:
+        rows = load(args.url, args.model, cfg, os.environ.get(args.api_key_env) or None)
+    except OSError as e:
+        raise PipelineError(f"{args.url}: cannot reach the server ({e})") from None
+    out = Path(args.output)
+    write_json(out, {"url": args.url, "config": asdict(cfg), "rows": rows})
+    latency_throughput(rows, out.with_suffix(".png"))
+    print(f"wrote {out} and {out.with_suffix('.png')}")
+
+
+if __name__ == "__main__":
+    run_stage(main)

@@ -1,0 +1,235 @@
+"""The Open Inference Protocol (KServe v2) tensors over HTTP: JSON and the binary tensor data
+extension (what tritonclient sends by default).
+
+A binary request is a JSON header of `Inference-Header-Content-Length` bytes followed by each
+binary input's raw little-endian bytes, in the order the header lists them (each such input says
+its size in `parameters.binary_data_size`). Responses mirror this when the client asks for
+binary outputs.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+HEADER_LENGTH = "Inference-Header-Content-Length"
+
+DATATYPES: dict[str, np.dtype] = {
+    "BOOL": np.dtype(bool),
+    "UINT8": np.dtype("<u1"),
+    "UINT16": np.dtype("<u2"),
+    "UINT32": np.dtype("<u4"),
+    "UINT64": np.dtype("<u8"),
+    "INT8": np.dtype("<i1"),
+    "INT16": np.dtype("<i2"),
+    "INT32": np.dtype("<i4"),
+    "INT64": np.dtype("<i8"),
+    "FP16": np.dtype("<f2"),
+    "FP32": np.dtype("<f4"),
+    "FP64": np.dtype("<f8"),
+}
+
+
+class ProtocolError(Exception):
+    """A request the server refuses: `status` is the HTTP code, the message names the problem."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass
+class InferRequest:
+    inputs: dict[str, np.ndarray]
+    id: str | None = None
+    # output name -> whether it goes back as binary; empty: every output, as `binary_default`
+    outputs: dict[str, bool] = field(default_factory=dict)
+    binary_default: bool = False
+
+
+def _json(raw: bytes) -> dict[str, Any]:
+    try:
+        doc = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ProtocolError(400, f"malformed JSON in the request: {e}") from None
+    if not isinstance(doc, dict):
+        raise ProtocolError(400, "the request must be a JSON object")
+    return doc
+
+
+def _shape(tensor: dict, name: str) -> list[int]:
+    shape = tensor.get("shape")
+    if not (isinstance(shape, list) and all(isinstance(d, int) and d >= 0 for d in shape)):
+        raise ProtocolError(400, f"input '{name}': 'shape' must be a list of non-negative ints")
+    return shape
+
+
+def parse_infer_request(body: bytes, header_length: str | None) -> InferRequest:
+    """Decode an infer request body; `header_length` is the Inference-Header-Content-Length
+    header's value (None for a pure JSON request)."""
+    if header_length is None:
+        header, binary = body, b""
+    else:
+        try:
+            n = int(header_length)
+        except ValueError:
+            raise ProtocolError(
+                400, f"{HEADER_LENGTH} is not an integer: {header_length!r}"
+            ) from None
+        if not 0 < n <= len(body):
+            raise ProtocolError(
+                400, f"{HEADER_LENGTH} is {n} but the body holds {len(body)} bytes (truncated?)"
+            )
+        header, binary = body[:n], memoryview(body)[n:]
+    doc = _json(header)
+    tensors = doc.get("inputs")
+    if not isinstance(tensors, list) or not tensors:
+        raise ProtocolError(400, "the request has no 'inputs' list")
+    inputs: dict[str, np.ndarray] = {}
+    offset = 0
+    for tensor in tensors:
+        if not isinstance(tensor, dict) or not isinstance(tensor.get("name"), str):
+            raise ProtocolError(400, "each input must be an object with a 'name'")
+        name = tensor["name"]
+        shape = _shape(tensor, name)
+        datatype = tensor.get("datatype")
+        if datatype not in DATATYPES:
+            raise ProtocolError(
+                400,
+                f"input '{name}': unknown datatype {datatype!r} (one of {', '.join(DATATYPES)})",
+            )
+        dtype = DATATYPES[datatype]
+        count = int(np.prod(shape))
+        size = (tensor.get("parameters") or {}).get("binary_data_size")
+        if size is not None:
+            if not isinstance(size, int) or size < 0 or offset + size > len(binary):
+                raise ProtocolError(
+                    400,
+                    f"input '{name}': binary_data_size {size} but only {len(binary) - offset} "
+                    "bytes are left in the body (truncated?)",
+                )
+            if size != count * dtype.itemsize:
+                raise ProtocolError(
+                    400,
+                    f"input '{name}': {size} bytes of binary data do not make a {datatype} "
+                    f"tensor of shape {shape} ({count * dtype.itemsize} bytes)",
+                )
+            array = np.frombuffer(binary[offset : offset + size], dtype=dtype)
+            offset += size
+        else:
+            if "data" not in tensor:
+                raise ProtocolError(400, f"input '{name}': neither 'data' nor binary data")
+            try:
+                array = np.asarray(tensor["data"], dtype=dtype).reshape(-1)
+            except (TypeError, ValueError) as e:
+                raise ProtocolError(
+                    400, f"input '{name}': bad 'data' for {datatype}: {e}"
+                ) from None
+            if array.size != count:
+                raise ProtocolError(
+                    400, f"input '{name}': {array.size} values do not fill shape {shape}"
+                )
+        inputs[name] = array.reshape(shape)
+    if offset != len(binary):
+        raise ProtocolError(
+            400, f"{len(binary) - offset} bytes of binary data follow the inputs unclaimed"
+        )
+    params = doc.get("parameters") or {}
+    outputs = {}
+    for out in doc.get("outputs") or []:
+        if not isinstance(out, dict) or not isinstance(out.get("name"), str):
+            raise ProtocolError(400, "each requested output must be an object with a 'name'")
+        outputs[out["name"]] = bool((out.get("parameters") or {}).get("binary_data", False))
+    request_id = doc.get("id")
+    return InferRequest(
+        inputs=inputs,
+        id=str(request_id) if request_id is not None else None,
+        outputs=outputs,
+        binary_default=bool(params.get("binary_data_output", False)),
+    )
+
+
+def datatype_of(array: np.ndarray) -> str:
+    for name, dtype in DATATYPES.items():
+        if array.dtype == dtype:
+            return name
+    raise ValueError(f"no protocol datatype for {array.dtype}")
+
+
+def encode_infer_response(
+    model: str, request: InferRequest, outputs: dict[str, np.ndarray]
+) -> tuple[bytes, dict[str, str]]:
+    """The response body and its headers: outputs as JSON data, or as binary where asked."""
+    wanted = request.outputs or {name: request.binary_default for name in outputs}
+    tensors, blobs = [], []
+    for name, binary in wanted.items():
+        array = outputs[name]
+        tensor: dict[str, Any] = {
+            "name": name,
+            "datatype": datatype_of(array),
+            "shape": list(array.shape),
+        }
+        if binary:
+            blob = np.ascontiguousarray(array).astype(array.dtype.newbyteorder("<")).tobytes()
+            tensor["parameters"] = {"binary_data_size": len(blob)}
+            blobs.append(blob)
+        else:
+            tensor["data"] = array.reshape(-1).tolist()
+        tensors.append(tensor)
+    doc: dict[str, Any] = {"model_name": model, "model_version": "1", "outputs": tensors}
+    if request.id is not None:
+        doc["id"] = request.id
+    header = json.dumps(doc, separators=(",", ":")).encode()
+    if not blobs:
+        return header, {"Content-Type": "application/json"}
+    return b"".join([header, *blobs]), {
+        "Content-Type": "application/octet-stream",
+        HEADER_LENGTH: str(len(header)),
+    }
+
+
+def encode_infer_request(
+    name: str, array: np.ndarray, binary: bool = True, outputs: list[str] | None = None
+) -> tuple[bytes, dict[str, str]]:
+    """A one-input request body and its headers, as a client sends it; outputs come back in
+    the same encoding."""
+    tensor: dict[str, Any] = {
+        "name": name,
+        "datatype": datatype_of(array),
+        "shape": list(array.shape),
+    }
+    doc: dict[str, Any] = {"inputs": [tensor]}
+    if outputs:
+        doc["outputs"] = [{"name": o, "parameters": {"binary_data": binary}} for o in outputs]
+    elif binary:
+        doc["parameters"] = {"binary_data_output": True}
+    if not binary:
+        tensor["data"] = array.reshape(-1).tolist()
+        return json.dumps(doc).encode(), {"Content-Type": "application/json"}
+    blob = np.ascontiguousarray(array).tobytes()
+    tensor["parameters"] = {"binary_data_size": len(blob)}
+    header = json.dumps(doc).encode()
+    return header + blob, {
+        "Content-Type": "application/octet-stream",
+        HEADER_LENGTH: str(len(header)),
+    }
+
+
+def decode_infer_response(body: bytes, header_length: str | None) -> dict[str, np.ndarray]:
+    """The output tensors of a response body, JSON or binary."""
+    n = int(header_length) if header_length is not None else len(body)
+    doc = json.loads(body[:n])
+    out, offset = {}, n
+    for tensor in doc["outputs"]:
+        dtype = DATATYPES[tensor["datatype"]]
+        size = (tensor.get("parameters") or {}).get("binary_data_size")
+        if size is None:
+            array = np.asarray(tensor["data"], dtype=dtype)
+        else:
+            array = np.frombuffer(body[offset : offset + size], dtype=dtype)
+            offset += size
+        out[tensor["name"]] = array.reshape(tensor["shape"])
+    return out

@@ -1,0 +1,328 @@
+"""The HTTP server: the Open Inference Protocol (KServe v2) routes Triton's clients speak, an
+image route for people, Triton-style statistics and Prometheus metrics.
+
+Every refusal is a JSON `{"error": "..."}` with a 4xx status that names the problem; nothing a
+client sends can stop the server from answering the next request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import io
+import time
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
+
+import numpy as np
+from aiohttp import web
+
+from pipeline.data import to_tensor
+from pipeline.data.folders import read_image
+from serve.batcher import DynamicBatcher
+from serve.metrics import CONTENT_TYPE, Metrics, ModelStats
+from serve.models import ServedModel
+from serve.protocol import (
+    HEADER_LENGTH,
+    InferRequest,
+    ProtocolError,
+    datatype_of,
+    encode_infer_response,
+    parse_infer_request,
+)
+
+SERVER_NAME = "vit-adapt-deploy"
+# the routes a prober or scraper reaches without the API key
+OPEN_ROUTES = {"live", "ready"}
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    max_batch_size: int = 64
+    max_queue_delay_us: int = 500
+    dynamic_batching: bool = True
+    max_payload_bytes: int = 64 << 20
+    api_key: str | None = None
+
+
+def _version() -> str:
+    try:
+        return version(SERVER_NAME)
+    except PackageNotFoundError:
+        return "unknown"
+
+
+class _State:
+    def __init__(self, models: dict[str, ServedModel], cfg: ServerConfig) -> None:
+        self.models = models
+        self.cfg = cfg
+        self.metrics = Metrics(cfg.max_batch_size)
+        self.stats = {name: ModelStats(name, self.metrics) for name in models}
+        self.batchers = {
+            name: DynamicBatcher(
+                m.backend,
+                self.stats[name],
+                cfg.max_batch_size,
+                cfg.max_queue_delay_us,
+                cfg.dynamic_batching,
+            )
+            for name, m in models.items()
+        }
+        self.draining = False
+
+    def model(self, request: web.Request) -> ServedModel:
+        """The model a `/v2/models/{model}[/versions/{version}]` route names."""
+        name = request.match_info["model"]
+        if name not in self.models:
+            raise ProtocolError(
+                404, f"unknown model {name!r} (this server has: {', '.join(self.models)})"
+            )
+        if request.match_info.get("version", "1") not in ("1", ""):
+            raise ProtocolError(404, f"model {name!r} has only version 1")
+        return self.models[name]
+
+
+STATE = web.AppKey("state", _State)
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
+@web.middleware
+async def _guard(request: web.Request, handler) -> web.StreamResponse:
+    """API key, payload limit, metrics and the JSON error shape for every route."""
+    state = request.app[STATE]
+    info = request.match_info.route
+    route = (info.name or "unmatched").removesuffix("_v")
+    state.metrics.http_requests.labels(route).inc()
+    try:
+        key = state.cfg.api_key
+        if key and route not in OPEN_ROUTES:
+            given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+            given = request.headers.get("X-API-Key", given)
+            if not hmac.compare_digest(given.encode(), key.encode()):
+                raise ProtocolError(401, "missing or wrong API key (Authorization: Bearer <key>)")
+        size = request.content_length
+        if size is not None and size > state.cfg.max_payload_bytes:
+            raise ProtocolError(413, _too_large(size, state.cfg.max_payload_bytes))
+        response = await handler(request)
+    except ProtocolError as e:
+        response = _error(e.status, str(e))
+    except web.HTTPRequestEntityTooLarge:
+        response = _error(413, _too_large(None, state.cfg.max_payload_bytes))
+    except web.HTTPException as e:  # aiohttp's own: unknown route, wrong method
+        response = _error(e.status, f"{e.reason}: {request.method} {request.path}")
+    if response.status >= 400:
+        state.metrics.http_errors.labels(route, str(response.status)).inc()
+    return response
+
+
+def _too_large(size: int | None, limit: int) -> str:
+    got = f"{size} bytes" if size is not None else "the body"
+    return (
+        f"payload too large: {got} over the server's limit of {limit} bytes (--max-payload-bytes)"
+    )
+
+
+async def _server_metadata(request: web.Request) -> web.Response:
+    return web.json_response(
+        {
+            "name": SERVER_NAME,
+            "version": _version(),
+            "extensions": [
+                "binary_tensor_data",
+                "statistics",
+                "model_configuration",
+                "classification",
+            ],
+        }
+    )
+
+
+async def _live(request: web.Request) -> web.Response:
+    return web.json_response({"live": True})
+
+
+async def _ready(request: web.Request) -> web.Response:
+    ready = not request.app[STATE].draining
+    return web.json_response({"ready": ready}, status=200 if ready else 503)
+
+
+async def _model_metadata(request: web.Request) -> web.Response:
+    return web.json_response(request.app[STATE].model(request).metadata())
+
+
+async def _model_ready(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    name = state.model(request).name
+    ready = not state.draining
+    return web.json_response({"name": name, "ready": ready}, status=200 if ready else 503)
+
+
+async def _model_config(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    cfg = state.cfg
+    model = state.model(request)
+    return web.json_response(
+        model.config(cfg.max_batch_size, cfg.max_queue_delay_us, cfg.dynamic_batching)
+    )
+
+
+async def _model_stats(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    names = [state.model(request).name] if "model" in request.match_info else list(state.models)
+    return web.json_response({"model_stats": [state.stats[n].report() for n in names]})
+
+
+async def _repository_index(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    return web.json_response([{"name": n, "version": "1", "state": "READY"} for n in state.models])
+
+
+async def _run(state: _State, model: ServedModel, images: np.ndarray) -> np.ndarray:
+    """Check the batch against the model, queue it, and count it."""
+    expected = model.input_shape
+    if images.ndim != 4 or tuple(images.shape[1:]) != expected:
+        raise ProtocolError(
+            400,
+            f"input '{model.backend.input_name}': shape {list(images.shape)}, the model takes "
+            f"{[-1, *expected]}",
+        )
+    if not 1 <= len(images) <= state.cfg.max_batch_size:
+        raise ProtocolError(
+            400,
+            f"batch of {len(images)}: the server takes 1 to {state.cfg.max_batch_size} "
+            "images per request (--max-batch-size)",
+        )
+    start = time.perf_counter()
+    stats = state.stats[model.name]
+    try:
+        result = await state.batchers[model.name].infer(images)
+    except Exception as e:
+        stats.request(time.perf_counter() - start, ok=False)
+        raise ProtocolError(500, f"the {model.kind} backend failed: {e}") from e
+    stats.request(time.perf_counter() - start, ok=True, queue_seconds=result.queue_seconds)
+    return result.logits
+
+
+async def _infer(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    model = state.model(request)
+    parsed: InferRequest = parse_infer_request(
+        await request.read(), request.headers.get(HEADER_LENGTH)
+    )
+    name = model.backend.input_name
+    unexpected = set(parsed.inputs) - {name}
+    if unexpected or name not in parsed.inputs:
+        got = ", ".join(repr(n) for n in parsed.inputs)
+        raise ProtocolError(400, f"model {model.name!r} takes one input {name!r}, got {got}")
+    images = parsed.inputs[name]
+    if images.dtype != np.float32:
+        raise ProtocolError(
+            400, f"input {name!r}: datatype {datatype_of(images)}, the model takes FP32"
+        )
+    out_name = model.backend.output_name
+    unknown = set(parsed.outputs) - {out_name}
+    if unknown:
+        raise ProtocolError(
+            400, f"model {model.name!r} has no output {sorted(unknown)[0]!r} (it has {out_name!r})"
+        )
+    logits = await _run(state, model, images)
+    body, headers = encode_infer_response(model.name, parsed, {out_name: logits})
+    return web.Response(body=body, headers=headers)
+
+
+async def _image_bytes(request: web.Request) -> bytes:
+    """The image of a classify request: the raw body, or the first file of a form upload."""
+    if request.content_type.startswith("multipart/"):
+        reader = await request.multipart()
+        async for part in reader:
+            if part.filename:
+                return await part.read()
+        raise ProtocolError(400, "the form holds no file: send the image as a file field")
+    return await request.read()
+
+
+async def _classify(request: web.Request) -> web.Response:
+    """An image file (PNG, JPEG, ...) in, the top-k classes with probabilities out."""
+    state = request.app[STATE]
+    model = state.model(request)
+    try:
+        top_k = int(request.query.get("top_k", "5"))
+    except ValueError:
+        raise ProtocolError(
+            400, f"top_k must be an integer, got {request.query['top_k']!r}"
+        ) from None
+    if top_k < 1:
+        raise ProtocolError(400, f"top_k must be at least 1, got {top_k}")
+    raw = await _image_bytes(request)
+    try:
+        image = read_image(io.BytesIO(raw), model.input_shape[1:])
+    except (OSError, ValueError) as e:
+        raise ProtocolError(400, f"the body is not an image this server can read ({e})") from None
+    x = to_tensor(image[None], model.mean, model.std).numpy()
+    logits = (await _run(state, model, x))[0].astype(np.float64)
+    probs = np.exp(logits - logits.max())
+    probs /= probs.sum()
+    order = np.argsort(-probs)[:top_k]
+    return web.json_response(
+        {
+            "model_name": model.name,
+            "predictions": [
+                {"class": int(i), "label": model.classes[i], "probability": float(probs[i])}
+                for i in order
+            ],
+        }
+    )
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    body = request.app[STATE].metrics.exposition()
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
+
+
+async def _start(app: web.Application) -> None:
+    for batcher in app[STATE].batchers.values():
+        batcher.start()
+
+
+async def _shutdown(app: web.Application) -> None:
+    app[STATE].draining = True  # readiness fails while in-flight requests finish
+
+
+async def _cleanup(app: web.Application) -> None:
+    await asyncio.gather(*(b.close() for b in app[STATE].batchers.values()))
+
+
+def create_app(models: dict[str, ServedModel], cfg: ServerConfig) -> web.Application:
+    """The aiohttp application serving `models`."""
+    # aiohttp refuses bodies over client_max_size itself; _guard turns that into JSON
+    app = web.Application(middlewares=[_guard], client_max_size=cfg.max_payload_bytes)
+    app[STATE] = _State(models, cfg)
+    model = "/v2/models/{model}"
+    version = "/versions/{version}"
+    routes = [
+        ("GET", "/v2", _server_metadata, "server"),
+        ("GET", "/v2/health/live", _live, "live"),
+        ("GET", "/v2/health/ready", _ready, "ready"),
+        ("POST", "/v2/repository/index", _repository_index, "index"),
+        ("GET", "/v2/models/stats", _model_stats, "stats"),
+        ("GET", "/metrics", _metrics, "metrics"),
+    ]
+    for suffix, handler, name, method in [
+        ("", _model_metadata, "metadata", "GET"),
+        ("/ready", _model_ready, "model_ready", "GET"),
+        ("/config", _model_config, "config", "GET"),
+        ("/stats", _model_stats, "model_stats", "GET"),
+        ("/infer", _infer, "infer", "POST"),
+        ("/classify", _classify, "classify", "POST"),
+    ]:
+        routes.append((method, model + suffix, handler, name))
+        routes.append((method, model + version + suffix, handler, f"{name}_v"))
+    for method, path, handler, name in routes:
+        app.router.add_route(method, path, handler, name=name)
+    app.on_startup.append(_start)
+    app.on_shutdown.append(_shutdown)
+    app.on_cleanup.append(_cleanup)
+    return app

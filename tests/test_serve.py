@@ -1,0 +1,533 @@
+"""The inference server as users run it (`python -m serve` on 127.0.0.1, real ONNX Runtime and
+torch backends) and the load client that measures it."""
+
+from __future__ import annotations
+
+import io
+import json
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from pipeline import PipelineError, models
+from pipeline.data import to_tensor
+from pipeline.export import export_onnx, files, tensorrt
+from pipeline.export.metadata import preprocessing
+from serve import bench
+from serve.backends import OnnxRuntimeBackend, TorchBackend
+from serve.launch import ServerProcess
+from serve.models import load_all, split_spec
+from serve.protocol import HEADER_LENGTH, decode_infer_response, encode_infer_request
+from tests.conftest import TINY
+
+CLASSES = ["ant", "bee", "cat", "dog", "eel"]
+SHAPE = (3, 16, 16)
+MAX_BATCH = 8
+PAYLOAD_LIMIT = 200_000
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    """Two exported tiny ViTs in the export layout, and the first as a torch model folder."""
+    root = tmp_path_factory.mktemp("models")
+    torch.manual_seed(0)
+    for name in ("tiny-merged", "tiny"):
+        model = models.create("vit_tiny_patch16_224", TINY, len(CLASSES)).eval()
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p) * 0.05)
+        export_onnx(model, root / name / files.ONNX, 16, metadata=preprocessing(CLASSES))
+        if name == "tiny-merged":
+            models.save_model(root / "torch" / name, model, "vit_tiny_patch16_224", TINY, 5)
+    return root
+
+
+@pytest.fixture(scope="module")
+def server(model_dir):
+    args = [
+        "--model",
+        str(model_dir / "tiny-merged" / files.ONNX),
+        "--model",
+        f"unmerged={model_dir / 'tiny'}",
+        "--max-batch-size",
+        str(MAX_BATCH),
+        "--max-queue-delay-us",
+        "20000",
+        "--max-payload-bytes",
+        str(PAYLOAD_LIMIT),
+        "--threads",
+        "1",
+    ]
+    with ServerProcess(args) as s:
+        yield s
+
+
+def _direct(model_dir: Path, x: np.ndarray, name: str = "tiny-merged") -> np.ndarray:
+    return OnnxRuntimeBackend(model_dir / name / files.ONNX, threads=1).run(x)
+
+
+def _http(url: str, method: str = "GET", body: bytes | None = None, headers=None):
+    """(status, headers, body bytes) of one request; errors are answers too."""
+    req = urllib.request.Request(url, data=body, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, r.headers, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers, e.read()
+
+
+def _infer(url: str, model: str, x: np.ndarray, binary: bool = True, headers=None) -> np.ndarray:
+    body, h = encode_infer_request("images", x, binary)
+    status, rh, raw = _http(
+        f"{url}/v2/models/{model}/infer", "POST", body, {**h, **(headers or {})}
+    )
+    assert status == 200, raw
+    return decode_infer_response(raw, rh.get(HEADER_LENGTH))["logits"]
+
+
+def _batch(n: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((n, *SHAPE)).astype(np.float32)
+
+
+# ---- names -----------------------------------------------------------------------------------
+
+
+def test_model_names_follow_the_variant(tmp_path, model_dir):
+    assert split_spec("models/onnx/student-lora/model.int8.onnx")[0] == "student-lora"
+    assert split_spec("exports/resnet.opt.onnx")[0] == "resnet"
+    assert split_spec(f"a=b={tmp_path}") == ("a", Path(f"b={tmp_path}"))
+    assert split_spec(str(model_dir / "tiny"))[0] == "tiny"
+    same = [str(model_dir / "tiny-merged" / files.ONNX), str(model_dir / "tiny-merged")]
+    with pytest.raises(PipelineError, match="name them with NAME=PATH"):
+        load_all(same, "onnxruntime")
+    with pytest.raises(PipelineError, match="no such model"):
+        load_all([str(tmp_path / "none.onnx")], "onnxruntime")
+
+
+# ---- routes --------------------------------------------------------------------------------
+
+
+def test_every_route_answers(server):
+    url = server.url
+    meta = json.loads(_http(f"{url}/v2")[2])
+    assert "binary_tensor_data" in meta["extensions"] and meta["name"] == "vit-adapt-deploy"
+    assert json.loads(_http(f"{url}/v2/health/live")[2]) == {"live": True}
+    assert json.loads(_http(f"{url}/v2/health/ready")[2]) == {"ready": True}
+    model = json.loads(_http(f"{url}/v2/models/tiny-merged")[2])
+    assert model["inputs"] == [{"name": "images", "datatype": "FP32", "shape": [-1, *SHAPE]}]
+    assert model["outputs"][0]["shape"] == [-1, len(CLASSES)]
+    assert model["platform"] == "onnxruntime_onnx"
+    assert json.loads(_http(f"{url}/v2/models/unmerged/versions/1")[2])["name"] == "unmerged"
+    assert _http(f"{url}/v2/models/unmerged/versions/2")[0] == 404
+    assert json.loads(_http(f"{url}/v2/models/unmerged/ready")[2])["ready"] is True
+    config = json.loads(_http(f"{url}/v2/models/tiny-merged/config")[2])
+    assert config["max_batch_size"] == MAX_BATCH and config["input"][0]["dims"] == list(SHAPE)
+    assert config["dynamic_batching"]["max_queue_delay_microseconds"] == 20000
+    index = json.loads(_http(f"{url}/v2/repository/index", "POST", b"")[2])
+    assert {m["name"] for m in index} == {"tiny-merged", "unmerged"}
+    stats = json.loads(_http(f"{url}/v2/models/stats")[2])["model_stats"]
+    assert {s["name"] for s in stats} == {"tiny-merged", "unmerged"}
+
+
+@pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
+def test_tritonclient_gets_the_logits_of_a_direct_onnxruntime_run(server, model_dir, binary):
+    import tritonclient.http as triton
+
+    client = triton.InferenceServerClient(server.url.removeprefix("http://"))
+    assert client.is_server_live() and client.is_model_ready("tiny-merged")
+    assert client.get_model_config("tiny-merged")["max_batch_size"] == MAX_BATCH
+    x = _batch(3)
+    tensor = triton.InferInput("images", list(x.shape), "FP32")
+    tensor.set_data_from_numpy(x, binary_data=binary)
+    out = triton.InferRequestedOutput("logits", binary_data=binary)
+    result = client.infer("tiny-merged", [tensor], outputs=[out], request_id="r1")
+    np.testing.assert_allclose(result.as_numpy("logits"), _direct(model_dir, x), atol=1e-5)
+    assert result.get_response()["id"] == "r1"
+    # no outputs named: tritonclient asks for every output in binary
+    default = client.infer("unmerged", [tensor]).as_numpy("logits")
+    np.testing.assert_allclose(default, _direct(model_dir, x, "tiny"), atol=1e-5)
+
+
+def test_json_tensors_come_back_as_json(server, model_dir):
+    x = _batch(2)
+    body = json.dumps(
+        {
+            "id": "abc",
+            "inputs": [
+                {"name": "images", "datatype": "FP32", "shape": [2, *SHAPE], "data": x.tolist()}
+            ],
+        }
+    ).encode()
+    status, headers, raw = _http(f"{server.url}/v2/models/tiny-merged/infer", "POST", body)
+    assert status == 200 and headers["Content-Type"].startswith("application/json")
+    doc = json.loads(raw)
+    assert doc["id"] == "abc" and doc["outputs"][0]["shape"] == [2, len(CLASSES)]
+    logits = np.asarray(doc["outputs"][0]["data"], np.float32).reshape(2, -1)
+    np.testing.assert_allclose(logits, _direct(model_dir, x), atol=1e-5)
+
+
+# ---- bad input -----------------------------------------------------------------------------
+
+
+def _binary(x: np.ndarray, name: str = "images", datatype: str = "FP32") -> tuple[bytes, dict]:
+    header = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": name,
+                    "datatype": datatype,
+                    "shape": list(x.shape),
+                    "parameters": {"binary_data_size": x.nbytes},
+                }
+            ]
+        }
+    ).encode()
+    return header + x.tobytes(), {HEADER_LENGTH: str(len(header))}
+
+
+def _bad_cases() -> list[tuple[str, str, str, bytes, dict, int, str]]:
+    x = _batch(1)
+    good, good_h = _binary(x)
+    header_len = int(good_h[HEADER_LENGTH])
+    infer = "/v2/models/tiny-merged/infer"
+    json_in = lambda **t: json.dumps({"inputs": [t]}).encode()  # noqa: E731
+    return [
+        (
+            "unknown model",
+            "POST",
+            "/v2/models/nope/infer",
+            good,
+            good_h,
+            404,
+            "unknown model 'nope'",
+        ),
+        ("malformed JSON", "POST", infer, b'{"inputs": [', {}, 400, "malformed JSON"),
+        ("not an object", "POST", infer, b"[1, 2]", {}, 400, "must be a JSON object"),
+        ("no inputs", "POST", infer, b"{}", {}, 400, "no 'inputs'"),
+        ("wrong name", "POST", infer, *_binary(x, name="pixels"), 400, "takes one input 'images'"),
+        (
+            "wrong dtype",
+            "POST",
+            infer,
+            *_binary(x.astype(np.float64), datatype="FP64"),
+            400,
+            "datatype FP64, the model takes FP32",
+        ),
+        ("unknown dtype", "POST", infer, *_binary(x, datatype="FP99"), 400, "unknown datatype"),
+        ("wrong shape", "POST", infer, *_binary(_batch(1)[:, :, :8, :8]), 400, "the model takes"),
+        (
+            "too few values",
+            "POST",
+            infer,
+            json_in(name="images", datatype="FP32", shape=[1, *SHAPE], data=[0.0] * 5),
+            {},
+            400,
+            "do not fill shape",
+        ),
+        (
+            "truncated binary",
+            "POST",
+            infer,
+            good[:-100],
+            good_h,
+            400,
+            "truncated",
+        ),
+        (
+            "header longer than body",
+            "POST",
+            infer,
+            good[: header_len - 1],
+            good_h,
+            400,
+            "truncated",
+        ),
+        (
+            "batch over the limit",
+            "POST",
+            infer,
+            *_binary(_batch(MAX_BATCH + 1)),
+            400,
+            f"1 to {MAX_BATCH} images",
+        ),
+        (
+            "oversized payload",
+            "POST",
+            infer,
+            b"{" + b" " * PAYLOAD_LIMIT + b"}",
+            {},
+            413,
+            "payload too large",
+        ),
+        (
+            "unknown output",
+            "POST",
+            infer,
+            json.dumps(
+                {
+                    "inputs": [
+                        {
+                            "name": "images",
+                            "datatype": "FP32",
+                            "shape": [1, *SHAPE],
+                            "data": x.ravel().tolist(),
+                        }
+                    ],
+                    "outputs": [{"name": "probs"}],
+                }
+            ).encode(),
+            {},
+            400,
+            "no output 'probs'",
+        ),
+        ("wrong method", "GET", infer, None, {}, 405, "Method Not Allowed"),
+        ("unknown route", "GET", "/v3/whatever", None, {}, 404, "Not Found"),
+    ]
+
+
+@pytest.mark.parametrize("case", _bad_cases(), ids=lambda c: c[0])
+def test_bad_input_gets_a_json_4xx_and_the_server_keeps_serving(server, model_dir, case):
+    _, method, path, body, headers, status, message = case
+    got, _, raw = _http(server.url + path, method, body, headers)
+    assert got == status, raw
+    assert message in json.loads(raw)["error"]
+    x = _batch(2, seed=7)
+    np.testing.assert_allclose(
+        _infer(server.url, "tiny-merged", x), _direct(model_dir, x), atol=1e-5
+    )
+
+
+# ---- batching ------------------------------------------------------------------------------
+
+
+def _concurrently(url: str, model: str, inputs: list[np.ndarray]) -> list[np.ndarray]:
+    results: list = [None] * len(inputs)
+
+    def one(i: int) -> None:
+        results[i] = _infer(url, model, inputs[i])
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(inputs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    return results
+
+
+def _stats(url: str, model: str) -> dict:
+    return json.loads(_http(f"{url}/v2/models/{model}/stats")[2])["model_stats"][0]
+
+
+def test_dynamic_batching_runs_concurrent_requests_together_and_splits_them_back(model_dir):
+    onnx = str(model_dir / "tiny-merged" / files.ONNX)
+    inputs = [_batch(1 + i % 2, seed=i) for i in range(10)]  # 15 images in 10 requests
+    with ServerProcess(["--model", onnx, "--max-queue-delay-us", "300000", "--threads", "1"]) as s:
+        results = _concurrently(s.url, "tiny-merged", inputs)
+        stats = _stats(s.url, "tiny-merged")
+    for x, logits in zip(inputs, results):
+        np.testing.assert_allclose(logits, _direct(model_dir, x), atol=1e-5)
+    assert stats["inference_count"] == 15 and stats["inference_stats"]["success"]["count"] == 10
+    assert stats["execution_count"] < 10, "concurrent requests should share batches"
+    assert max(b["batch_size"] for b in stats["batch_stats"]) > 2
+    with ServerProcess(["--model", onnx, "--no-dynamic-batching", "--threads", "1"]) as s:
+        results = _concurrently(s.url, "tiny-merged", inputs)
+        stats = _stats(s.url, "tiny-merged")
+        config = json.loads(_http(f"{s.url}/v2/models/tiny-merged/config")[2])
+    assert "dynamic_batching" not in config
+    assert stats["execution_count"] == 10 and {b["batch_size"] for b in stats["batch_stats"]} == {
+        1,
+        2,
+    }
+    for x, logits in zip(inputs, results):
+        np.testing.assert_allclose(logits, _direct(model_dir, x), atol=1e-5)
+
+
+# ---- image route, metrics, key, backends, shutdown -----------------------------------------
+
+
+def _png(image: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_classify_returns_the_top_k_classes_of_an_image(server, model_dir, glyph_data):
+    image = glyph_data.images[3]
+    url = f"{server.url}/v2/models/tiny-merged/classify?top_k=3"
+    status, _, raw = _http(url, "POST", _png(image), {"Content-Type": "image/png"})
+    assert status == 200, raw
+    preds = json.loads(raw)["predictions"]
+    assert len(preds) == 3 and [p["probability"] for p in preds] == sorted(
+        (p["probability"] for p in preds), reverse=True
+    )
+    logits = _direct(model_dir, to_tensor(image[None]).numpy())[0]
+    probs = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
+    assert preds[0]["class"] == int(probs.argmax()) and preds[0]["label"] == CLASSES[probs.argmax()]
+    assert preds[0]["probability"] == pytest.approx(float(probs.max()), abs=1e-5)
+    # the same image as a form upload (curl -F file=@digit.png)
+    boundary = "b0undary"
+    form = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="d.png"\r\n'
+            f"Content-Type: image/png\r\n\r\n"
+        ).encode()
+        + _png(image)
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    status, _, raw = _http(
+        url, "POST", form, {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+    )
+    assert status == 200 and json.loads(raw)["predictions"] == preds
+    status, _, raw = _http(url, "POST", b"not an image")
+    assert status == 400 and "not an image" in json.loads(raw)["error"]
+    status, _, raw = _http(url.replace("top_k=3", "top_k=0"), "POST", _png(image))
+    assert status == 400 and "top_k" in json.loads(raw)["error"]
+
+
+def test_metrics_count_requests_errors_batches_and_memory(server):
+    _infer(server.url, "unmerged", _batch(2))
+    _http(f"{server.url}/v2/models/nope")
+    text = _http(f"{server.url}/metrics")[2].decode()
+    assert 'serve_http_requests_total{route="infer"}' in text
+    assert 'serve_http_errors_total{code="404",route="metadata"}' in text
+    for series in (
+        "serve_batch_size_count",
+        "serve_queue_seconds_sum",
+        "serve_compute_seconds_sum",
+    ):
+        assert f'{series}{{model="unmerged"' in text
+    assert 'serve_request_seconds_count{model="unmerged"}' in text
+    rss = [line for line in text.splitlines() if line.startswith("process_resident_memory_bytes")]
+    assert rss and float(rss[0].split()[1]) > 1e6
+
+
+def test_api_key_guards_everything_but_health(model_dir):
+    onnx = str(model_dir / "tiny-merged" / files.ONNX)
+    with ServerProcess(["--model", onnx], env={"SERVE_API_KEY": "s3cret"}) as s:
+        body, h = encode_infer_request("images", _batch(1))
+        status, _, raw = _http(f"{s.url}/v2/models/tiny-merged/infer", "POST", body, h)
+        assert status == 401 and "API key" in json.loads(raw)["error"]
+        assert _http(f"{s.url}/v2/models/tiny-merged", headers={"X-API-Key": "wrong"})[0] == 401
+        assert _http(f"{s.url}/v2/health/ready")[0] == 200
+        auth = {"Authorization": "Bearer s3cret"}
+        assert _infer(s.url, "tiny-merged", _batch(1), headers=auth).shape == (1, len(CLASSES))
+
+
+def test_torch_backend_serves_a_model_folder(model_dir):
+    folder = model_dir / "torch" / "tiny-merged"
+    x = _batch(3)
+    with ServerProcess(["--backend", "torch", "--model", str(folder), "--threads", "1"]) as s:
+        logits = _infer(s.url, "tiny-merged", x, binary=False)
+        config = json.loads(_http(f"{s.url}/v2/models/tiny-merged/config")[2])
+    assert config["platform"] == "pytorch_libtorch"
+    expected = TorchBackend(models.load_model(folder), device="cpu").run(x)
+    np.testing.assert_allclose(logits, expected, atol=1e-5)
+    np.testing.assert_allclose(logits, _direct(model_dir, x), atol=1e-4)
+
+
+@pytest.mark.skipif(tensorrt.unavailable() is None, reason="TensorRT runs here")
+def test_tensorrt_backend_fails_cleanly_without_a_gpu(tmp_path):
+    plan = tmp_path / "m" / files.PLAN
+    plan.parent.mkdir()
+    plan.write_bytes(b"engine")
+    run = subprocess.run(
+        [sys.executable, "-m", "serve", "--backend", "tensorrt", "--model", str(plan)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 1
+    assert run.stderr.strip().startswith("error:") and "cannot run here" in run.stderr
+    assert len(run.stderr.strip().splitlines()) == 1
+
+
+def test_shutdown_drains_requests_in_flight(model_dir):
+    onnx = str(model_dir / "tiny-merged" / files.ONNX)
+    inputs = [_batch(1, seed=i) for i in range(4)]
+    # a long queue delay keeps the requests waiting in the server when SIGTERM arrives
+    server = ServerProcess(["--model", onnx, "--max-queue-delay-us", "1500000", "--threads", "1"])
+    with server:
+        results: list = []
+        worker = threading.Thread(
+            target=lambda: results.extend(_concurrently(server.url, "tiny-merged", inputs))
+        )
+        worker.start()
+        time.sleep(0.5)
+        assert server.process is not None
+        server.process.send_signal(signal.SIGTERM)
+        worker.join(60)
+        assert server.process.wait(60) == 0
+    assert len(results) == 4
+    for x, logits in zip(inputs, results):
+        np.testing.assert_allclose(logits, _direct(model_dir, x), atol=1e-5)
+    with pytest.raises(urllib.error.URLError):
+        urllib.request.urlopen(f"{server.url}/v2/health/live", timeout=5)
+
+
+# ---- load client ---------------------------------------------------------------------------
+
+
+def test_stability_follows_perf_analyzer():
+    def window(rate: float, mean_ms: float) -> bench._Window:
+        w = bench._Window(latencies=[mean_ms / 1e3] * int(rate), start=0.0, end=1.0)
+        return w
+
+    steady = [window(100, 10), window(104, 10.2), window(98, 9.9)]
+    assert bench.stable(steady, 3, 10)
+    assert not bench.stable(steady[:2], 3, 10), "too few windows"
+    assert not bench.stable([window(100, 10), window(130, 10), window(100, 10)], 3, 10)
+    assert not bench.stable([window(100, 10), window(100, 14), window(100, 10)], 3, 10)
+    errors = [window(100, 10), window(100, 10), window(100, 10)]
+    errors[1].errors = 1
+    assert not bench.stable(errors, 3, 10)
+
+
+def test_load_client_reports_percentiles_throughput_and_the_server_split(server, tmp_path):
+    out = tmp_path / "load.json"
+    bench.main(
+        [
+            "--url",
+            server.url,
+            "--model",
+            "tiny-merged",
+            "--concurrency",
+            "1,4",
+            "--window-ms",
+            "300",
+            "--max-windows",
+            "4",
+            "--warmup-s",
+            "0.2",
+            "--output",
+            str(out),
+        ]
+    )
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["concurrency"] for r in rows] == [1, 4]
+    for r in rows:
+        assert r["errors"] == 0 and r["requests"] > 0 and r["throughput"] > 0
+        assert r["p50_ms"] <= r["p90_ms"] <= r["p95_ms"] <= r["p99_ms"]
+        assert 3 <= r["windows"] <= 4
+        # the server's 20 ms queue delay shows up as queue time, not compute
+        assert r["server_queue_ms"] > 5 > r["server_compute_ms"]
+        assert r["server_rss_mb"] and all(m > 1 for m in r["server_rss_mb"])
+    assert rows[0]["server_batch_mean"] == pytest.approx(1.0)
+    assert rows[1]["server_batch_mean"] > 1.5, "4 clients should share batches"
+    assert (tmp_path / "load.png").stat().st_size > 0
+
+
+def test_load_client_says_when_no_server_answers(tmp_path):
+    with pytest.raises(PipelineError, match="cannot reach the server"):
+        bench.main(
+            ["--url", "http://127.0.0.1:9", "--model", "m", "--output", str(tmp_path / "x.json")]
+        )
