@@ -107,31 +107,50 @@ def ratio_bars(ratios: dict[str, dict[str, float]], path: str | Path) -> None:
 
 
 def latency_throughput(rows: list[dict], path: str | Path, title: str = "") -> None:
-    """Served load: p50 latency (whisker to p99) against throughput, one line per model (and
-    backend), one point per client concurrency, as perf_analyzer's curves."""
-    fig, ax = plt.subplots(figsize=(7.5, 5))
-    series: dict[str, list[dict]] = {}
-    for r in rows:
-        label = f"{r['model']} ({r['backend']})" if r.get("backend") else r["model"]
-        series.setdefault(label, []).append(r)
-    for label, points in series.items():
-        points = sorted(points, key=lambda r: r["concurrency"])
-        xs = [p["throughput"] for p in points]
-        ys = [p["p50_ms"] for p in points]
-        err = [[0] * len(points), [p["p99_ms"] - p["p50_ms"] for p in points]]
-        line = ax.errorbar(xs, ys, yerr=err, marker="o", capsize=2, label=label)
-        for p, x, y in zip(points, xs, ys):
-            ax.annotate(
-                f"c{p['concurrency']}",
-                (x, y),
-                textcoords="offset points",
-                xytext=(4, 4),
-                fontsize=7,
-                color=line[0].get_color(),
+    """Served load as perf_analyzer plots it: p50 latency (whisker to p99) against throughput,
+    one point per client concurrency; a panel per backend, a colour per variant, its merged
+    form solid and its unmerged form dashed."""
+    backends = list(dict.fromkeys(r.get("backend", "") for r in rows))
+    bases = list(dict.fromkeys(r["model"].removesuffix("-merged") for r in rows))
+    colours = {b: f"C{i % 10}" for i, b in enumerate(bases)}
+    fig, axes = plt.subplots(
+        1, len(backends), figsize=(6.5 * len(backends), 5), squeeze=False, sharey=True
+    )
+    for ax, backend in zip(axes.flat, backends):
+        series: dict[str, list[dict]] = {}
+        for r in rows:
+            if r.get("backend", "") == backend:
+                series.setdefault(r["model"], []).append(r)
+        for model, points in series.items():
+            points = sorted(points, key=lambda r: r["concurrency"])
+            base = model.removesuffix("-merged")
+            unmerged = base == model and f"{model}-merged" in series
+            xs = [p["throughput"] for p in points]
+            ys = [p["p50_ms"] for p in points]
+            err = [[0] * len(points), [p["p99_ms"] - p["p50_ms"] for p in points]]
+            ax.errorbar(
+                xs,
+                ys,
+                yerr=err,
+                marker="o",
+                capsize=2,
+                label=model,
+                color=colours[base],
+                linestyle="--" if unmerged else "-",
             )
-    ax.set_xlabel("throughput (images/s)")
-    ax.set_ylabel("latency ms (p50, whisker to p99)")
-    ax.set_title(title or "latency against throughput by client concurrency")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+            for p, x, y in zip(points, xs, ys):
+                ax.annotate(
+                    f"c{p['concurrency']}",
+                    (x, y),
+                    textcoords="offset points",
+                    xytext=(4, 4),
+                    fontsize=7,
+                    color=colours[base],
+                )
+        ax.set_xlabel("throughput (images/s)")
+        ax.set_title(backend)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    axes.flat[0].set_ylabel("latency ms (p50, whisker to p99)")
+    fig.suptitle(title or "latency against throughput by client concurrency")
     _save(fig, path)

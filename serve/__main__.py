@@ -4,6 +4,7 @@ models over the Open Inference Protocol (KServe v2) until SIGINT/SIGTERM, then d
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import socket
 
@@ -54,6 +55,9 @@ def main(argv: list[str]) -> None:
     from aiohttp import web
 
     args = parse_args(argv)
+    logging.basicConfig(
+        level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     if args.threads:
         torch.set_num_threads(args.threads)
     models = load_all(args.model, args.backend, args.threads)

@@ -150,6 +150,7 @@ async def _level(
                 current.latencies.append(time.perf_counter() - t0)
             else:
                 current.errors += 1
+                await asyncio.sleep(0.001)  # a refusing server must not turn this into a spin
 
     async def snapshot(w: _Window) -> None:
         stats = await client.get_json(f"/v2/models/{model}/stats")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import io
+import logging
 import time
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
@@ -31,6 +32,7 @@ from serve.protocol import (
     parse_infer_request,
 )
 
+LOG = logging.getLogger("serve")
 SERVER_NAME = "vit-adapt-deploy"
 # the routes a prober or scraper reaches without the API key
 OPEN_ROUTES = {"live", "ready"}
@@ -113,6 +115,9 @@ async def _guard(request: web.Request, handler) -> web.StreamResponse:
         response = _error(413, _too_large(None, state.cfg.max_payload_bytes))
     except web.HTTPException as e:  # aiohttp's own: unknown route, wrong method
         response = _error(e.status, f"{e.reason}: {request.method} {request.path}")
+    except Exception as e:  # a bug answers 500 and is logged; the server keeps serving
+        LOG.exception("unhandled error on %s %s", request.method, request.path)
+        response = _error(500, f"internal error: {type(e).__name__}: {e}")
     if response.status >= 400:
         state.metrics.http_errors.labels(route, str(response.status)).inc()
     return response
@@ -236,10 +241,16 @@ async def _infer(request: web.Request) -> web.Response:
 async def _image_bytes(request: web.Request) -> bytes:
     """The image of a classify request: the raw body, or the first file of a form upload."""
     if request.content_type.startswith("multipart/"):
+        limit = request.app[STATE].cfg.max_payload_bytes
         reader = await request.multipart()
         async for part in reader:
             if part.filename:
-                return await part.read()
+                data = bytearray()
+                while chunk := await part.read_chunk():  # a chunked upload has no length
+                    data += chunk
+                    if len(data) > limit:
+                        raise ProtocolError(413, _too_large(None, limit))
+                return bytes(data)
         raise ProtocolError(400, "the form holds no file: send the image as a file field")
     return await request.read()
 

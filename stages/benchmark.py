@@ -79,7 +79,7 @@ def main(argv: list[str]) -> None:
     latency_throughput(
         [{**r, "model": r["variant"]} for r in http_rows],
         paths.PLOTS / "serving.png",
-        "served over HTTP: latency against throughput (merged and unmerged)",
+        "served over HTTP: latency against throughput (merged solid, unmerged dashed)",
     )
 
 

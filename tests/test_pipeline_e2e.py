@@ -46,6 +46,14 @@ TINY_PARAMS = {
         "warmup": 1,
         "iterations": 3,
         "reference": {"arch": "vit_tiny_patch16_224", "image_size": 32, "calibration_images": 2},
+        "serve": {
+            "backends": ["torch", "onnxruntime"],
+            "variants": ["student-lora"],
+            "concurrency": [1, 4],
+            "window_ms": 200,
+            "max_windows": 3,
+            "warmup_s": 0.2,
+        },
     },
 }
 
@@ -142,13 +150,33 @@ def test_metrics_contracts(project):
     assert models["student-lora"]["attention_rewritten"] == 0
 
     bench = _json(project, "benchmark.json")
-    rows = bench["rows"]
+    rows = [r for r in bench["rows"] if r["transport"] == "in-process"]
     backends = ["torch", "onnxruntime", "onnxruntime-optimized", "onnxruntime-int8"]
     assert len(rows) == (len(names) - len(shipped)) * 2 * 2 + len(shipped) * 4 * 2
     assert set(bench["unmerged_over_merged"]) == {n[: -len("-merged")] for n in merge}
     assert {r["backend"] for r in rows} == set(backends)
-    for r in rows:
-        assert 0 < r["p50_ms"] <= r["p95_ms"] <= r["p99_ms"] and r["throughput"] > 0
+    served = [r for r in bench["rows"] if r["transport"] == "http"]
+    assert len(served) + len(rows) == len(bench["rows"])
+    assert sorted((r["variant"], r["backend"], r["concurrency"]) for r in served) == sorted(
+        (m, b, c)
+        for m in ("student-lora", "student-lora-merged")
+        for b in ("torch", "onnxruntime")
+        for c in (1, 4)
+    )
+    for r in rows + served:
+        assert 0 < r["p50_ms"] <= r["p90_ms"] <= r["p95_ms"] <= r["p99_ms"]
+        assert r["throughput"] > 0 and r["errors"] == 0
+    assert set(bench["served_unmerged_over_merged"]["student-lora"]) == {
+        "torch@c1",
+        "torch@c4",
+        "onnxruntime@c1",
+        "onnxruntime@c4",
+    }
+    serving = bench["serving"]
+    assert serving["dynamic_batching"]["model"] == "student-lora-merged"
+    assert serving["dynamic_batching"]["on_over_off"] > 0
+    assert serving["http_overhead"]["batch_size"] == 4
+    assert 0 < serving["http_overhead"]["served_over_in_process"] < 10
 
     reference = _json(project, "reference.json")
     assert {r["backend"] for r in reference["rows"]} >= set(backends)
@@ -158,7 +186,7 @@ def test_metrics_contracts(project):
 
 
 def test_outputs_people_look_at(project):
-    pngs = ("confusion.png", "benchmark.png", "merge_speedup.png", "reference.png")
+    pngs = ("confusion.png", "benchmark.png", "merge_speedup.png", "reference.png", "serving.png")
     for png in (f"plots/{name}" for name in pngs):
         assert (project / png).read_bytes().startswith(b"\x89PNG")
     rows = json.loads((project / "plots/confusion/student-lora.json").read_text())
