@@ -10,6 +10,7 @@ import socket
 
 import torch
 
+from pipeline import PipelineError
 from pipeline.cli import run_stage
 from serve.models import BACKENDS, load_all
 from serve.server import ServerConfig, create_app
@@ -61,6 +62,13 @@ def main(argv: list[str]) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     models = load_all(args.model, args.backend, args.threads)
+    for name, model in models.items():
+        limit = getattr(model.backend, "max_batch_size", None)  # a TensorRT engine's profile
+        if limit and args.max_batch_size > limit:
+            raise PipelineError(
+                f"{name}: the engine takes batches of at most {limit}; "
+                f"serve it with --max-batch-size {limit} or less"
+            )
     cfg = ServerConfig(
         max_batch_size=args.max_batch_size,
         max_queue_delay_us=args.max_queue_delay_us,
@@ -69,8 +77,12 @@ def main(argv: list[str]) -> None:
         api_key=os.environ.get(args.api_key_env) or None,
     )
     # our own socket: with --port 0 the port is known before the first request
-    sock = socket.create_server((args.host, args.port), reuse_port=False)
+    v6 = ":" in args.host
+    sock = socket.create_server(
+        (args.host, args.port), family=socket.AF_INET6 if v6 else socket.AF_INET
+    )
     host, port = sock.getsockname()[:2]
+    host = f"[{host}]" if v6 else host
     names = ", ".join(models)
     print(f"{LISTENING} http://{host}:{port} ({args.backend}: {names})", flush=True)
     web.run_app(

@@ -109,13 +109,16 @@ class TensorRTBackend:
         (self.input_name,) = inputs
         (self.output_name,) = [n for n in names if n not in inputs]
         self.input_shape = tuple(self.engine.get_tensor_shape(self.input_name))[1:]
+        # the optimisation profile's largest batch: a server must not batch beyond it
+        self.max_batch_size = self.engine.get_tensor_profile_shape(self.input_name, 0)[2][0]
         self.num_classes = self.engine.get_tensor_shape(self.output_name)[-1]
         self.stream = torch.cuda.Stream()
 
     @torch.inference_mode()
     def run(self, images: np.ndarray) -> np.ndarray:
         x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)).cuda()
-        self.context.set_input_shape(self.input_name, tuple(x.shape))
+        if not self.context.set_input_shape(self.input_name, tuple(x.shape)):
+            raise PipelineError(f"TensorRT: the engine's profile does not take shape {x.shape}")
         out = torch.empty(
             tuple(self.context.get_tensor_shape(self.output_name)),
             dtype=torch.float32,

@@ -123,7 +123,7 @@ class DynamicBatcher:
                         p.future.set_exception(e)
                 continue
             compute = time.perf_counter() - start
-            self.stats.batch(len(images), compute)
+            self.stats.batch(len(images), len(live), compute)
             offset = 0
             for p in live:
                 n = len(p.images)

@@ -115,15 +115,15 @@ def _server_split(first: dict | None, last: dict | None) -> dict[str, float]:
         a, b = first["inference_stats"][kind], last["inference_stats"][kind]
         return b["count"] - a["count"], b["ns"] - a["ns"]
 
-    requests, _ = delta("success")
     queue_n, queue_ns = delta("queue")
-    batches, compute_ns = delta("compute_infer")
+    compute_n, compute_ns = delta("compute_infer")
     images = last["inference_count"] - first["inference_count"]
-    if not requests or not batches:
+    batches = last["execution_count"] - first["execution_count"]
+    if not queue_n or not compute_n or not batches:
         return {}
-    return {
-        "server_queue_ms": queue_ns / max(queue_n, 1) / 1e6,
-        "server_compute_ms": compute_ns / batches / 1e6,  # per executed batch
+    return {  # per request, as Triton counts: the compute is that of the batch it ran in
+        "server_queue_ms": queue_ns / queue_n / 1e6,
+        "server_compute_ms": compute_ns / compute_n / 1e6,
         "server_batch_mean": images / batches,
     }
 
@@ -279,7 +279,7 @@ def describe(row: dict) -> str:
     if "server_queue_ms" in row:
         text += (
             f"  server: queue {row['server_queue_ms']:.2f} ms, compute "
-            f"{row['server_compute_ms']:.2f} ms per batch of {row['server_batch_mean']:.1f}"
+            f"{row['server_compute_ms']:.2f} ms, batches of {row['server_batch_mean']:.1f}"
         )
     if "server_rss_growth_mb" in row:
         text += f"  server memory {row['server_rss_growth_mb']:+.1f} MiB over the windows"
@@ -311,6 +311,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str]) -> None:
     from pathlib import Path
 
+    import aiohttp
+
     from pipeline.plots import latency_throughput
 
     args = parse_args(argv)
@@ -334,8 +336,8 @@ def main(argv: list[str]) -> None:
     )
     try:
         rows = load(args.url, args.model, cfg, os.environ.get(args.api_key_env) or None)
-    except OSError as e:
-        raise PipelineError(f"{args.url}: cannot reach the server ({e})") from None
+    except (OSError, asyncio.TimeoutError, aiohttp.ClientError) as e:
+        raise PipelineError(f"{args.url}: cannot reach the server ({e!r})") from None
     out = Path(args.output)
     write_json(out, {"url": args.url, "config": asdict(cfg), "rows": rows})
     latency_throughput(rows, out.with_suffix(".png"))

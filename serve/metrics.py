@@ -90,9 +90,12 @@ class ModelStats:
             self.metrics.request_seconds.labels(self.name).observe(seconds)
             self.metrics.queue_seconds.labels(self.name).observe(queue_seconds)
 
-    def batch(self, size: int, seconds: float) -> None:
+    def batch(self, size: int, requests: int, seconds: float) -> None:
+        """One executed batch of `size` images from `requests` requests. As in Triton,
+        inference_stats are per request (each is charged its batch's compute time) and
+        batch_stats per execution."""
         with self._lock:
-            self._add("compute_infer", seconds)
+            self._add("compute_infer", seconds, requests)
             entry = self._batches[size]
             entry[0] += 1
             entry[1] += int(seconds * 1e9)
@@ -102,10 +105,10 @@ class ModelStats:
         self.metrics.compute_seconds.labels(self.name).observe(seconds)
         self.metrics.batch_size.labels(self.name).observe(size)
 
-    def _add(self, kind: str, seconds: float) -> None:
+    def _add(self, kind: str, seconds: float, times: int = 1) -> None:
         entry = self._sums[kind]
-        entry[0] += 1
-        entry[1] += int(seconds * 1e9)
+        entry[0] += times
+        entry[1] += int(seconds * 1e9) * times
 
     def report(self) -> dict:
         """The model's entry of Triton's `model_stats` list."""

@@ -10,6 +10,7 @@ binary outputs.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -62,9 +63,21 @@ def _json(raw: bytes) -> dict[str, Any]:
 
 def _shape(tensor: dict, name: str) -> list[int]:
     shape = tensor.get("shape")
-    if not (isinstance(shape, list) and all(isinstance(d, int) and d >= 0 for d in shape)):
+    if not (
+        isinstance(shape, list)
+        and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
+    ):
         raise ProtocolError(400, f"input '{name}': 'shape' must be a list of non-negative ints")
     return shape
+
+
+def _object(value: Any, what: str) -> dict:
+    """An optional JSON object field ({} when absent)."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ProtocolError(400, f"{what} must be a JSON object")
+    return value
 
 
 def parse_infer_request(body: bytes, header_length: str | None) -> InferRequest:
@@ -102,10 +115,17 @@ def parse_infer_request(body: bytes, header_length: str | None) -> InferRequest:
                 f"input '{name}': unknown datatype {datatype!r} (one of {', '.join(DATATYPES)})",
             )
         dtype = DATATYPES[datatype]
-        count = int(np.prod(shape))
-        size = (tensor.get("parameters") or {}).get("binary_data_size")
+        count = math.prod(shape)  # a Python int: a huge shape cannot wrap around
+        size = _object(tensor.get("parameters"), f"input '{name}': 'parameters'").get(
+            "binary_data_size"
+        )
         if size is not None:
-            if not isinstance(size, int) or size < 0 or offset + size > len(binary):
+            if (
+                not isinstance(size, int)
+                or isinstance(size, bool)
+                or size < 0
+                or offset + size > len(binary)
+            ):
                 raise ProtocolError(
                     400,
                     f"input '{name}': binary_data_size {size} but only {len(binary) - offset} "
@@ -124,7 +144,7 @@ def parse_infer_request(body: bytes, header_length: str | None) -> InferRequest:
                 raise ProtocolError(400, f"input '{name}': neither 'data' nor binary data")
             try:
                 array = np.asarray(tensor["data"], dtype=dtype).reshape(-1)
-            except (TypeError, ValueError) as e:
+            except (TypeError, ValueError, OverflowError) as e:
                 raise ProtocolError(
                     400, f"input '{name}': bad 'data' for {datatype}: {e}"
                 ) from None
@@ -137,18 +157,29 @@ def parse_infer_request(body: bytes, header_length: str | None) -> InferRequest:
         raise ProtocolError(
             400, f"{len(binary) - offset} bytes of binary data follow the inputs unclaimed"
         )
-    params = doc.get("parameters") or {}
+    binary_default = bool(_object(doc.get("parameters"), "'parameters'").get("binary_data_output"))
+    requested = doc.get("outputs") or []
+    if not isinstance(requested, list):
+        raise ProtocolError(400, "'outputs' must be a list")
     outputs = {}
-    for out in doc.get("outputs") or []:
+    for out in requested:
         if not isinstance(out, dict) or not isinstance(out.get("name"), str):
             raise ProtocolError(400, "each requested output must be an object with a 'name'")
-        outputs[out["name"]] = bool((out.get("parameters") or {}).get("binary_data", False))
+        params = _object(out.get("parameters"), f"output '{out['name']}': 'parameters'")
+        if "classification" in params:
+            raise ProtocolError(
+                400,
+                "the classification extension is not served: take the logits, or POST an image "
+                "to /v2/models/{model}/classify for the top-k classes",
+            )
+        # an output's own binary_data overrides the request's binary_data_output
+        outputs[out["name"]] = bool(params.get("binary_data", binary_default))
     request_id = doc.get("id")
     return InferRequest(
         inputs=inputs,
         id=str(request_id) if request_id is not None else None,
         outputs=outputs,
-        binary_default=bool(params.get("binary_data_output", False)),
+        binary_default=binary_default,
     )
 
 

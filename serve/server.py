@@ -17,6 +17,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 import numpy as np
 from aiohttp import web
+from PIL import Image
 
 from pipeline.data import to_tensor
 from pipeline.data.folders import read_image
@@ -34,8 +35,8 @@ from serve.protocol import (
 
 LOG = logging.getLogger("serve")
 SERVER_NAME = "vit-adapt-deploy"
-# the routes a prober or scraper reaches without the API key
-OPEN_ROUTES = {"live", "ready"}
+# the health routes (server and model readiness) a prober reaches without the API key
+OPEN_ROUTES = {"live", "ready", "model_ready"}
 
 
 @dataclass(frozen=True)
@@ -103,7 +104,10 @@ async def _guard(request: web.Request, handler) -> web.StreamResponse:
         if key and route not in OPEN_ROUTES:
             given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
             given = request.headers.get("X-API-Key", given)
-            if not hmac.compare_digest(given.encode(), key.encode()):
+            # surrogateescape: a header of stray bytes is a wrong key, not a crash
+            if not hmac.compare_digest(
+                given.encode("utf-8", "surrogateescape"), key.encode("utf-8")
+            ):
                 raise ProtocolError(401, "missing or wrong API key (Authorization: Bearer <key>)")
         size = request.content_length
         if size is not None and size > state.cfg.max_payload_bytes:
@@ -135,12 +139,7 @@ async def _server_metadata(request: web.Request) -> web.Response:
         {
             "name": SERVER_NAME,
             "version": _version(),
-            "extensions": [
-                "binary_tensor_data",
-                "statistics",
-                "model_configuration",
-                "classification",
-            ],
+            "extensions": ["binary_tensor_data", "statistics", "model_configuration"],
         }
     )
 
@@ -240,19 +239,22 @@ async def _infer(request: web.Request) -> web.Response:
 
 async def _image_bytes(request: web.Request) -> bytes:
     """The image of a classify request: the raw body, or the first file of a form upload."""
-    if request.content_type.startswith("multipart/"):
-        limit = request.app[STATE].cfg.max_payload_bytes
+    if not request.content_type.startswith("multipart/"):
+        return await request.read()
+    limit = request.app[STATE].cfg.max_payload_bytes
+    try:
         reader = await request.multipart()
         async for part in reader:
-            if part.filename:
+            if getattr(part, "filename", None):
                 data = bytearray()
                 while chunk := await part.read_chunk():  # a chunked upload has no length
                     data += chunk
                     if len(data) > limit:
                         raise ProtocolError(413, _too_large(None, limit))
                 return bytes(data)
-        raise ProtocolError(400, "the form holds no file: send the image as a file field")
-    return await request.read()
+    except ValueError as e:  # no boundary, a broken one, a malformed part
+        raise ProtocolError(400, f"malformed form upload: {e}") from None
+    raise ProtocolError(400, "the form holds no file: send the image as a file field")
 
 
 async def _classify(request: web.Request) -> web.Response:
@@ -268,11 +270,17 @@ async def _classify(request: web.Request) -> web.Response:
     if top_k < 1:
         raise ProtocolError(400, f"top_k must be at least 1, got {top_k}")
     raw = await _image_bytes(request)
-    try:
+
+    def decode() -> np.ndarray:
         image = read_image(io.BytesIO(raw), model.input_shape[1:])
+        return to_tensor(image[None], model.mean, model.std).numpy()
+
+    try:  # decoding a large image is real work: off the event loop
+        x = await asyncio.get_running_loop().run_in_executor(None, decode)
+    except Image.DecompressionBombError as e:
+        raise ProtocolError(413, f"the image is too large to decode ({e})") from None
     except (OSError, ValueError) as e:
         raise ProtocolError(400, f"the body is not an image this server can read ({e})") from None
-    x = to_tensor(image[None], model.mean, model.std).numpy()
     logits = (await _run(state, model, x))[0].astype(np.float64)
     probs = np.exp(logits - logits.max())
     probs /= probs.sum()

@@ -128,6 +128,13 @@ def served(params: Params, variants: list[Variant], in_process: list[dict]) -> t
         specs = [arg for name, path in models.items() for arg in ("--model", f"{name}={path}")]
         with ServerProcess(["--backend", backend, *specs, *server_args, *extra]) as server:
             rows = load(server.url, list(models), cfg)
+            failed = [r for r in rows if not r["requests"]]
+            if failed:
+                tail = "\n".join(list(server.output)[-5:])
+                raise PipelineError(
+                    f"served {backend}: {failed[0]['model']} answered no request "
+                    f"({failed[0]['errors']} errors); the server said:\n{tail}"
+                )
         return [
             {"variant": r.pop("model"), "backend": backend, "transport": "http", **r} for r in rows
         ]

@@ -6,12 +6,14 @@ from __future__ import annotations
 import io
 import json
 import signal
+import struct
 import subprocess
 import sys
 import threading
 import time
 import urllib.error
 import urllib.request
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +29,12 @@ from serve import bench
 from serve.backends import OnnxRuntimeBackend, TorchBackend
 from serve.launch import ServerProcess
 from serve.models import load_all, split_spec
-from serve.protocol import HEADER_LENGTH, decode_infer_response, encode_infer_request
+from serve.protocol import (
+    HEADER_LENGTH,
+    decode_infer_response,
+    encode_infer_request,
+    parse_infer_request,
+)
 from tests.conftest import TINY
 
 CLASSES = ["ant", "bee", "cat", "dog", "eel"]
@@ -114,6 +121,17 @@ def test_model_names_follow_the_variant(tmp_path, model_dir):
         load_all([str(tmp_path / "none.onnx")], "onnxruntime")
 
 
+def test_binary_outputs_follow_the_request_default_unless_an_output_says():
+    x = _batch(1)
+    body, headers = encode_infer_request("images", x, binary=True)
+    doc = json.loads(body[: int(headers[HEADER_LENGTH])])
+    doc["outputs"] = [{"name": "logits"}, {"name": "extra", "parameters": {"binary_data": False}}]
+    header = json.dumps(doc).encode()
+    parsed = parse_infer_request(header + x.tobytes(), str(len(header)))
+    assert parsed.outputs == {"logits": True, "extra": False}
+    np.testing.assert_array_equal(parsed.inputs["images"], x)
+
+
 # ---- routes --------------------------------------------------------------------------------
 
 
@@ -195,12 +213,25 @@ def _binary(x: np.ndarray, name: str = "images", datatype: str = "FP32") -> tupl
     return header + x.tobytes(), {HEADER_LENGTH: str(len(header))}
 
 
+def _png_header(width: int, height: int) -> bytes:
+    """A PNG that only declares its size: enough for the decoder to refuse it."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b"")
+
+
 def _bad_cases() -> list[tuple[str, str, str, bytes, dict, int, str]]:
     x = _batch(1)
     good, good_h = _binary(x)
     header_len = int(good_h[HEADER_LENGTH])
     infer = "/v2/models/tiny-merged/infer"
     json_in = lambda **t: json.dumps({"inputs": [t]}).encode()  # noqa: E731
+    one = {"name": "images", "datatype": "FP32", "shape": [1, *SHAPE], "data": x.ravel().tolist()}
     return [
         (
             "unknown model",
@@ -290,6 +321,83 @@ def _bad_cases() -> list[tuple[str, str, str, bytes, dict, int, str]]:
             400,
             "no output 'probs'",
         ),
+        (
+            "huge shape",
+            "POST",
+            infer,
+            json_in(name="images", datatype="FP32", shape=[2**40, 2**40], data=[]),
+            {},
+            400,
+            "do not fill shape",
+        ),
+        (
+            "bool in shape",
+            "POST",
+            infer,
+            json_in(name="images", datatype="FP32", shape=[True, 3, 16, 16], data=[]),
+            {},
+            400,
+            "'shape' must be",
+        ),
+        (
+            "value out of range",
+            "POST",
+            infer,
+            json_in(name="images", datatype="INT8", shape=[1], data=[1000]),
+            {},
+            400,
+            "bad 'data' for INT8",
+        ),
+        (
+            "parameters not an object",
+            "POST",
+            infer,
+            json.dumps({"inputs": [{**one, "parameters": "x"}]}).encode(),
+            {},
+            400,
+            "'parameters' must be a JSON object",
+        ),
+        (
+            "outputs not a list",
+            "POST",
+            infer,
+            json.dumps({"inputs": [one], "outputs": 5}).encode(),
+            {},
+            400,
+            "'outputs' must be a list",
+        ),
+        (
+            "classification extension",
+            "POST",
+            infer,
+            json.dumps(
+                {
+                    "inputs": [one],
+                    "outputs": [{"name": "logits", "parameters": {"classification": 3}}],
+                }
+            ).encode(),
+            {},
+            400,
+            "classification extension is not served",
+        ),
+        (
+            "form without boundary",
+            "POST",
+            "/v2/models/tiny-merged/classify",
+            b"--x\r\n",
+            {"Content-Type": "multipart/form-data"},
+            400,
+            "malformed form upload",
+        ),
+        (
+            "decompression bomb",
+            "POST",
+            "/v2/models/tiny-merged/classify",
+            _png_header(30000, 30000),
+            {"Content-Type": "image/png"},
+            413,
+            "too large to decode",
+        ),
         ("wrong method", "GET", infer, None, {}, 405, "Method Not Allowed"),
         ("unknown route", "GET", "/v3/whatever", None, {}, 404, "Not Found"),
     ]
@@ -338,6 +446,11 @@ def test_dynamic_batching_runs_concurrent_requests_together_and_splits_them_back
         np.testing.assert_allclose(logits, _direct(model_dir, x), atol=1e-5)
     assert stats["inference_count"] == 15 and stats["inference_stats"]["success"]["count"] == 10
     assert stats["execution_count"] < 10, "concurrent requests should share batches"
+    # as in Triton: inference_stats count requests, batch_stats count executions
+    assert stats["inference_stats"]["compute_infer"]["count"] == 10
+    assert (
+        sum(b["compute_infer"]["count"] for b in stats["batch_stats"]) == stats["execution_count"]
+    )
     assert max(b["batch_size"] for b in stats["batch_stats"]) > 2
     with ServerProcess(["--model", onnx, "--no-dynamic-batching", "--threads", "1"]) as s:
         results = _concurrently(s.url, "tiny-merged", inputs)
@@ -419,6 +532,10 @@ def test_api_key_guards_everything_but_health(model_dir):
         assert status == 401 and "API key" in json.loads(raw)["error"]
         assert _http(f"{s.url}/v2/models/tiny-merged", headers={"X-API-Key": "wrong"})[0] == 401
         assert _http(f"{s.url}/v2/health/ready")[0] == 200
+        assert _http(f"{s.url}/v2/models/tiny-merged/ready")[0] == 200  # a model's probe
+        assert _http(f"{s.url}/metrics")[0] == 401
+        stray = _http(f"{s.url}/v2/models/tiny-merged", headers={"X-API-Key": "s3cr\xffet"})
+        assert stray[0] == 401 and "API key" in json.loads(stray[2])["error"]
         auth = {"Authorization": "Bearer s3cret"}
         assert _infer(s.url, "tiny-merged", _batch(1), headers=auth).shape == (1, len(CLASSES))
 
