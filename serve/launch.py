@@ -41,7 +41,6 @@ class ServerProcess:
             stderr=subprocess.STDOUT,
             text=True,
             env=self.env,
-            cwd=os.getcwd(),
         )
         found = threading.Event()
 
