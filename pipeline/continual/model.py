@@ -1,0 +1,45 @@
+"""A prompted ViT for class-incremental learning: one frozen timm ViT used twice (the plain
+pass gives the query, the prompted pass the feature), a prompt learner between the passes, and
+a linear head over every class of the sequence. At inference only the classes seen so far
+compete."""
+
+from __future__ import annotations
+
+import torch
+from timm.models.vision_transformer import VisionTransformer
+from torch import nn
+
+from pipeline.continual.learners import PromptLearner
+from pipeline.continual.losses import current_only
+from pipeline.continual.prefix import prompted_features
+
+
+class PromptedViT(nn.Module):
+    def __init__(self, vit: VisionTransformer, learner: PromptLearner, num_classes: int) -> None:
+        super().__init__()
+        self.vit = vit.eval().requires_grad_(False)
+        self.learner = learner
+        self.head = nn.Linear(vit.embed_dim, num_classes)
+        self.task = 0  # the task being trained (DualPrompt's E-prompt while training)
+        self.seen: list[int] = []  # classes of the tasks trained so far
+        self.key_loss = torch.zeros(())
+
+    def train(self, mode: bool = True) -> PromptedViT:
+        super().train(mode)
+        self.vit.eval()  # frozen: no dropout, whatever the mode
+        return self
+
+    def begin_task(self, task: int, classes: list[int]) -> None:
+        self.task = task
+        self.learner.begin_task(task)
+        self.seen = [*self.seen, *(c for c in classes if c not in self.seen)]
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            query = prompted_features(self.vit, images)
+        prefixes, self.key_loss = self.learner.select(query, self.task if self.training else None)
+        return prompted_features(self.vit, images, prefixes)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        logits = self.head(self.features(images))
+        return logits if self.training else current_only(logits, self.seen)
