@@ -1,0 +1,45 @@
+"""Continual-learning figures and a real (tiny) task sequence."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pipeline import models
+from pipeline.config import TrainConfig
+from pipeline.continual.learners import CodaPrompt
+from pipeline.continual.model import PromptedViT
+from pipeline.continual.sequence import run_sequence, summary
+from pipeline.continual.tasks import split_tasks
+from tests.conftest import TINY
+
+
+def test_average_accuracy_and_forgetting_follow_their_definitions():
+    matrix = [[90.0, None, None], [70.0, 80.0, None], [60.0, 75.0, 85.0]]
+    got = summary(matrix)
+    assert got["average_accuracy"] == pytest.approx((60 + 75 + 85) / 3)
+    assert got["forgetting"] == pytest.approx(((90 - 60) + (80 - 75)) / 2)
+    assert summary([[50.0]]) == {"average_accuracy": 50.0, "forgetting": 0.0}
+
+
+def test_a_sequence_fills_the_matrix_and_leaves_old_classes_heads_alone(tmp_path, glyph_data):
+    tasks = split_tasks(glyph_data, [0, 1, 2, 3], 2)
+    vit = models.create("vit_tiny_patch16_224", TINY, 4)
+    model = PromptedViT(vit, CodaPrompt(32, tasks=2, components=4, length=4, layers=[0, 1]), 4)
+    recipe = TrainConfig(epochs=2, batch_size=16, lr=0.05, warmup_epochs=0)
+    heads: list[torch.Tensor] = []
+    matrix = run_sequence(
+        model,
+        tasks,
+        tasks,
+        tasks,
+        recipe,
+        seed=0,
+        checkpoints=tmp_path,
+        desc="coda",
+        after_task=lambda t: heads.append(model.head.weight.detach().clone()),
+    )
+    assert matrix[0][1] is None and all(0 <= a <= 100 for a in (*matrix[0][:1], *matrix[1]))
+    assert model.seen == [0, 1, 2, 3]
+    torch.testing.assert_close(heads[1][:2], heads[0][:2], rtol=0, atol=0)  # masked: untouched
+    assert (heads[1][2:] - heads[0][2:]).abs().max() > 0
