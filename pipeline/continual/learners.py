@@ -7,6 +7,8 @@ ViT and scale to the model's depth (see `scale_layers`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -35,10 +37,26 @@ def _merge(into: Prefixes, layer: int, keys: torch.Tensor, values: torch.Tensor)
 
 class PromptLearner(nn.Module):
     """select(query, task) -> (prefixes, key loss); `task` is the training task's index (None
-    at inference). `begin_task(t)` is called before task t trains."""
+    at inference). `begin_task(t)` is called before task t trains.
+
+    `TABLES` names the prompt tensors (..., length, width). A learner reads them through
+    `table(name)`, so CDL-Prompt can hand it prompts mapped from a teacher's instead."""
+
+    TABLES: tuple[str, ...] = ()
+    source: Callable[[str], torch.Tensor] | None = None
+
+    task = 0
 
     def begin_task(self, task: int) -> None:
         self.task = task
+
+    def table(self, name: str) -> torch.Tensor:
+        return self.source(name) if self.source is not None else getattr(self, name)
+
+    def fresh(self, name: str) -> torch.Tensor:
+        """Which prompts of table `name` (a mask over all but its last two dims) the current
+        task trains; by default all of them."""
+        return torch.ones(getattr(self, name).shape[:-2], dtype=torch.bool)
 
     def select(self, query: torch.Tensor, task: int | None) -> tuple[Prefixes, torch.Tensor]:
         raise NotImplementedError
@@ -47,6 +65,8 @@ class PromptLearner(nn.Module):
 class L2P(PromptLearner):
     """A pool of prompts with keys; the top-k keys by cosine with the query choose the prompts,
     concatenated along their length, in `layers`; key loss 1 - cos pulls the chosen keys."""
+
+    TABLES = ("prompts",)
 
     def __init__(
         self, width: int, pool: int = 30, length: int = 20, top_k: int = 5, layers=(0,)
@@ -63,7 +83,7 @@ class L2P(PromptLearner):
         prefixes: Prefixes = {}
         b, width = query.shape
         for j, layer in enumerate(self.layers):
-            chosen = self.prompts[j][index]  # (B, k, Lp, D)
+            chosen = self.table("prompts")[j][index]  # (B, k, Lp, D)
             keys, values = split_prompt(chosen.flatten(0, 1))  # each prompt split in half
             _merge(prefixes, layer, keys.reshape(b, -1, width), values.reshape(b, -1, width))
         return prefixes, loss
@@ -73,6 +93,8 @@ class DualPrompt(PromptLearner):
     """A general G-prompt shared by all tasks in `g_layers`, and one expert E-prompt per task
     with a key in `e_layers`: training uses the task's own E-prompt and pulls its key to the
     query (1 - cos); inference takes the E-prompt of the key nearest the query."""
+
+    TABLES = ("g", "e")
 
     def __init__(
         self,
@@ -89,6 +111,13 @@ class DualPrompt(PromptLearner):
         self.e_keys = _uniform(tasks, width)
         self.e = _uniform(len(self.e_layers), tasks, e_length, width)
 
+    def fresh(self, name: str) -> torch.Tensor:
+        mask = super().fresh(name)
+        if name == "e":  # only the current task's expert prompt trains
+            mask[:] = False
+            mask[:, self.task] = True
+        return mask
+
     def select(self, query, task=None):
         cos = F.normalize(query, dim=-1) @ F.normalize(self.e_keys, dim=-1).T  # (B, tasks)
         if task is None:
@@ -99,9 +128,9 @@ class DualPrompt(PromptLearner):
         b = query.shape[0]
         prefixes: Prefixes = {}
         for j, layer in enumerate(self.g_layers):
-            _merge(prefixes, layer, *split_prompt(self.g[j].expand(b, -1, -1)))
+            _merge(prefixes, layer, *split_prompt(self.table("g")[j].expand(b, -1, -1)))
         for j, layer in enumerate(self.e_layers):
-            _merge(prefixes, layer, *split_prompt(self.e[j][index]))
+            _merge(prefixes, layer, *split_prompt(self.table("e")[j][index]))
         return prefixes, loss
 
 
@@ -109,6 +138,8 @@ class CodaPrompt(PromptLearner):
     """Each layer's prompt is a weighted sum of components, P = sum_m a_m P_m with
     a_m = cos(q * A_m, K_m) (an attention vector A_m per component). Each task adds its share of
     the components; those of earlier tasks stay frozen (detached), later ones are not used yet."""
+
+    TABLES = ("components",)
 
     def __init__(
         self, width: int, tasks: int, components: int = 100, length: int = 8, layers=(0, 1, 2, 3, 4)
@@ -122,7 +153,11 @@ class CodaPrompt(PromptLearner):
         self.keys = _uniform(len(self.layers), n, width)
         self.attention = _uniform(len(self.layers), n, width)
         self.components = _uniform(len(self.layers), n, length, width)
-        self.task = 0
+
+    def fresh(self, name: str) -> torch.Tensor:
+        mask = torch.zeros(getattr(self, name).shape[:-2], dtype=torch.bool)
+        mask[:, self.task * self.per_task : (self.task + 1) * self.per_task] = True
+        return mask
 
     def _active(self, table: torch.Tensor) -> torch.Tensor:
         start, end = self.task * self.per_task, (self.task + 1) * self.per_task
@@ -132,7 +167,7 @@ class CodaPrompt(PromptLearner):
         prefixes: Prefixes = {}
         for j, layer in enumerate(self.layers):
             keys, attention, parts = (
-                self._active(t[j]) for t in (self.keys, self.attention, self.components)
+                self._active(t[j]) for t in (self.keys, self.attention, self.table("components"))
             )
             weighted = query[:, None, :] * attention[None]  # (B, m, D)
             alpha = F.cosine_similarity(weighted, keys[None], dim=-1)  # (B, m)

@@ -1,0 +1,124 @@
+"""CDL-Prompt: a student whose prompts are mapped from its teacher's, with a KD head.
+
+The paper describes the mapping but its code is not public; this is our design:
+- The student keeps its own prompt learner (its own keys and query), so inference needs no
+  teacher pass and costs what the student alone costs.
+- While a task trains, each prompt the task trains reads its teacher's counterpart (the table
+  at the same relative depth) through a trainable projection (teacher width -> student width)
+  and a cross-attention: P_S' = P_S + Attn(P_S, W P_T, W P_T).
+- When the task ends, P_S' is folded into P_S for those prompts (`fold`), so a prompt learnt
+  for an earlier task stays as it was learnt: the mapping keeps training for later tasks
+  without drifting the old prompts.
+- A KD head beside the student head learns from the teacher's logits; the prediction is the
+  mean of both heads' logits.
+"""
+
+from __future__ import annotations
+
+import torch
+from timm.models.vision_transformer import VisionTransformer
+from torch import nn
+
+from pipeline.continual.learners import PromptLearner
+from pipeline.continual.losses import current_only, masked_ce
+from pipeline.continual.model import PromptedViT
+from pipeline.distill.losses import kl_logits
+from pipeline.train.loop import LossFn
+
+
+def _matching(teacher: torch.Tensor, count: int) -> torch.Tensor:
+    """The teacher's tables for `count` student tables: the one at the same relative depth."""
+    n = teacher.shape[0]
+    return teacher[[round(j * (n - 1) / max(count - 1, 1)) for j in range(count)]]
+
+
+class MappedPrompts(nn.Module):
+    def __init__(
+        self, student: PromptLearner, teacher: PromptLearner, widths: tuple[int, int], heads: int
+    ) -> None:
+        super().__init__()
+        if type(student) is not type(teacher):
+            raise ValueError("CDL-Prompt maps prompts between learners of the same kind")
+        width_s, width_t = widths
+        self.projection = nn.Linear(width_t, width_s)
+        self.attention = nn.MultiheadAttention(width_s, heads, batch_first=True)
+        # held outside the module tree: the teacher is not the student's to train or save
+        self._learners = (student, teacher)
+
+    def delta(self, name: str) -> torch.Tensor:
+        """What the teacher adds to the student's table `name`, on the prompts it trains now."""
+        student, teacher = self._learners
+        own = getattr(student, name)
+        theirs = _matching(getattr(teacher, name).detach(), own.shape[0])
+        if theirs.shape[:-1] != own.shape[:-1]:
+            raise ValueError(
+                f"CDL-Prompt: the teacher's {name} {tuple(theirs.shape)} must match the "
+                f"student's {tuple(own.shape)} but for width"
+            )
+        length, width = own.shape[-2:]
+        q = own.reshape(-1, length, width)
+        kv = self.projection(theirs.reshape(-1, length, theirs.shape[-1]))
+        read = self.attention(q, kv, kv, need_weights=False)[0].reshape(own.shape)
+        return read * student.fresh(name).to(read.device)[..., None, None]
+
+    def table(self, name: str) -> torch.Tensor:
+        return getattr(self._learners[0], name) + self.delta(name)
+
+
+class CDLStudent(PromptedViT):
+    """The student of CDL-Prompt, beside its frozen `teacher` on the same task sequence."""
+
+    def __init__(
+        self,
+        vit: VisionTransformer,
+        learner: PromptLearner,
+        num_classes: int,
+        teacher: PromptedViT,
+        heads: int = 1,
+    ) -> None:
+        super().__init__(vit, learner, num_classes)
+        widths = (vit.embed_dim, teacher.vit.embed_dim)
+        self.mapping = MappedPrompts(learner, teacher.learner, widths, heads)
+        self.kd_head = nn.Linear(vit.embed_dim, num_classes)
+        learner.source = self.mapping.table
+        self.student_logits = self.kd_logits = torch.zeros(())
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        feature = self.features(images)
+        self.student_logits, self.kd_logits = self.head(feature), self.kd_head(feature)
+        logits = (self.student_logits + self.kd_logits) / 2
+        return logits if self.training else current_only(logits, self.seen)
+
+    @torch.no_grad()
+    def fold(self) -> None:
+        """Make the current task's mapped prompts the learner's own (call when a task ends)."""
+        for name in type(self.learner).TABLES:
+            getattr(self.learner, name).add_(self.mapping.delta(name))
+
+    def materialize(self) -> PromptedViT:
+        """The deployable student: a prompted ViT with the two heads averaged into one and no
+        teacher (call after the last task's `fold`)."""
+        self.learner.source = None
+        plain = PromptedViT(self.vit, self.learner, self.head.out_features)
+        with torch.no_grad():
+            plain.head.weight.copy_((self.head.weight + self.kd_head.weight) / 2)
+            plain.head.bias.copy_((self.head.bias + self.kd_head.bias) / 2)
+        plain.seen, plain.task = self.seen, self.task
+        return plain.eval()
+
+
+def cdl_loss(teacher: PromptedViT, classes: list[int], alpha: float, temperature: float) -> LossFn:
+    """(1 - alpha) CE of the student head + alpha T^2 KL(teacher || KD head), both on the
+    current classes, plus the learner's key loss."""
+    teacher.eval().requires_grad_(False)
+    index = list(classes)
+
+    def loss(model: CDLStudent, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            zt = teacher(x)
+        model(x)
+        ce = masked_ce(model.student_logits, y, classes)
+        kd = kl_logits(model.kd_logits[:, index], zt[:, index], temperature)
+        return (1 - alpha) * ce + alpha * kd + model.key_loss
+
+    return loss

@@ -1,0 +1,61 @@
+"""CDL-Prompt on tiny real ViTs: the mapping, folding, and the deployable student."""
+
+from __future__ import annotations
+
+import torch
+
+from pipeline import models
+from pipeline.continual.cdl import CDLStudent, cdl_loss
+from pipeline.continual.learners import CodaPrompt
+from pipeline.continual.model import PromptedViT
+from tests.conftest import TINY, images
+
+
+def _pair() -> tuple[CDLStudent, PromptedViT]:
+    teacher = PromptedViT(
+        models.create("vit_tiny_patch16_224", {**TINY, "embed_dim": 48, "depth": 3}, 4),
+        CodaPrompt(48, tasks=2, components=4, length=4, layers=[0, 1, 2]),
+        4,
+    )
+    student = CDLStudent(
+        models.create("vit_tiny_patch16_224", TINY, 4),
+        CodaPrompt(32, tasks=2, components=4, length=4, layers=[0, 1]),
+        4,
+        teacher,
+    )
+    return student, teacher
+
+
+def test_the_mapping_trains_only_the_current_tasks_prompts_and_folds_them_in():
+    student, teacher = _pair()
+    for model in (student, teacher):
+        model.begin_task(1, [2, 3])
+    before = student.learner.components.detach().clone()
+    delta = student.mapping.delta("components")
+    assert (delta[:, :2] == 0).all() and delta[:, 2:].abs().max() > 0
+    student.fold()
+    after = student.learner.components.detach()
+    torch.testing.assert_close(after[:, :2], before[:, :2], rtol=0, atol=0)
+    torch.testing.assert_close(after[:, 2:], before[:, 2:] + delta[:, 2:])
+
+
+def test_the_deployable_student_predicts_as_the_cdl_student_without_the_teacher():
+    student, teacher = _pair()
+    for model in (student, teacher):
+        model.begin_task(0, [0, 1])
+    x = images(5)
+    loss = cdl_loss(teacher, [0, 1], alpha=0.5, temperature=2.0)(
+        student.train(), x, torch.tensor([0, 1, 0, 1, 1])
+    )
+    loss.backward()
+    assert student.mapping.projection.weight.grad.abs().max() > 0
+    assert student.kd_head.weight.grad.abs().max() > 0
+    assert not any(p.grad is not None for p in teacher.parameters())
+    student.fold()
+    student.learner.source = None  # the folded tables alone, as deployed
+    expected = student.eval()(x)
+    student.learner.source = student.mapping.table
+    plain = student.materialize()
+    got = plain(x)
+    torch.testing.assert_close(got[:, :2], expected[:, :2], rtol=0, atol=1e-5)
+    assert torch.isinf(got[:, 2:]).all(), "classes not yet seen take no mass"
