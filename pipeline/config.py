@@ -127,6 +127,55 @@ class DistillConfig:
     kd: KDConfig = field(default_factory=KDConfig)
 
 
+def _all_of(*choices: str):
+    def check(values: list[str]) -> str | None:
+        bad = [v for v in values if v not in choices]
+        return f"has {bad[0]!r}: each must be one of {', '.join(choices)}" if bad else None
+
+    return check
+
+
+@dataclass(frozen=True)
+class L2PConfig:
+    pool: int = _check(_positive, 30)
+    length: int = _check(_positive, 20)
+    top_k: int = _check(_positive, 5)
+    layers: list[int] = field(default_factory=lambda: [0])  # on a 12-block ViT; scaled
+
+
+@dataclass(frozen=True)
+class DualPromptConfig:
+    g_length: int = _check(_positive, 6)
+    g_layers: list[int] = field(default_factory=lambda: [0, 1])
+    e_length: int = _check(_positive, 20)
+    e_layers: list[int] = field(default_factory=lambda: [2, 3, 4])
+
+
+@dataclass(frozen=True)
+class CodaConfig:
+    components: int = _check(_positive, 100)
+    length: int = _check(_positive, 8)
+    layers: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
+
+
+@dataclass(frozen=True)
+class ContinualConfig:
+    """Class-incremental prompt learning with a teacher and a student (CDL)."""
+
+    tasks: int = _check(_positive, 5)
+    class_order: Any = None  # null: natural order; an int: a seeded permutation; a list
+    learners: list[str] = _check(
+        _all_of("l2p", "dualprompt", "coda"), default_factory=lambda: ["l2p", "dualprompt", "coda"]
+    )
+    recipe: dict[str, Any] = field(default_factory=dict)  # train.* overrides for every task
+    alpha: float = _check(_fraction, 0.5)
+    temperature: float = _check(_positive, 2.0)
+    mapping_heads: int = _check(_positive, 1)
+    l2p: L2PConfig = field(default_factory=L2PConfig)
+    dualprompt: DualPromptConfig = field(default_factory=DualPromptConfig)
+    coda: CodaConfig = field(default_factory=CodaConfig)
+
+
 @dataclass(frozen=True)
 class MergeConfig:
     tolerance: float = _check(_positive, 1e-4)
@@ -152,14 +201,6 @@ class ReferenceConfig:
     num_classes: int = _check(_positive, 10)
     batch_sizes: list[int] = field(default_factory=lambda: [1])
     calibration_images: int = _check(_positive, 16)
-
-
-def _all_of(*choices: str):
-    def check(values: list[str]) -> str | None:
-        bad = [v for v in values if v not in choices]
-        return f"has {bad[0]!r}: each must be one of {', '.join(choices)}" if bad else None
-
-    return check
 
 
 def _levels(values: list[int]) -> str | None:
@@ -202,6 +243,7 @@ class Params:
     train: TrainConfig = field(default_factory=TrainConfig)
     adapters: dict[str, dict[str, Any]] = field(default_factory=dict)
     distill: DistillConfig = field(default_factory=DistillConfig)
+    continual: ContinualConfig = field(default_factory=ContinualConfig)
     merge: MergeConfig = field(default_factory=MergeConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
@@ -331,6 +373,7 @@ def parse_params(data: dict[str, Any]) -> Params:
             "train.variants (it is trained first)"
         )
     override(params.train, params.distill.wecolora.recipe, "distill.wecolora.recipe")
+    override(params.train, params.continual.recipe, "continual.recipe")
     return params
 
 

@@ -1,0 +1,115 @@
+"""The CDL study: for each prompt learner, a teacher, a student alone, a student with plain KD
+and a CDL-Prompt student, each through the same task sequence."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from pipeline import models, paths
+from pipeline.config import ContinualConfig, Params, override
+from pipeline.continual.cdl import CDLStudent, cdl_loss
+from pipeline.continual.learners import L2P, CodaPrompt, DualPrompt, PromptLearner, scale_layers
+from pipeline.continual.losses import continual_kd
+from pipeline.continual.model import PromptedViT
+from pipeline.continual.sequence import Task, run_sequence, summary
+from pipeline.train.loop import LossFn
+
+RUNS = ("teacher", "student", "kd", "cdl")
+
+
+def make_learner(name: str, cfg: ContinualConfig, width: int, depth: int) -> PromptLearner:
+    """A learner of the paper's sizes, its layers scaled from 12 blocks to `depth`."""
+    if name == "l2p":
+        c = cfg.l2p
+        return L2P(width, c.pool, c.length, c.top_k, scale_layers(c.layers, depth))
+    if name == "dualprompt":
+        c = cfg.dualprompt
+        return DualPrompt(
+            width,
+            cfg.tasks,
+            c.g_length,
+            scale_layers(c.g_layers, depth),
+            c.e_length,
+            scale_layers(c.e_layers, depth),
+        )
+    c = cfg.coda
+    return CodaPrompt(width, cfg.tasks, c.components, c.length, scale_layers(c.layers, depth))
+
+
+def prompted(params: Params, role: str, learner: str, num_classes: int) -> PromptedViT:
+    vit = models.load_model(paths.BACKBONES / role, num_classes)
+    return PromptedViT(
+        vit, make_learner(learner, params.continual, vit.embed_dim, len(vit.blocks)), num_classes
+    )
+
+
+def _trainable(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.named_parameters() if v.requires_grad}
+
+
+def run_learner(
+    params: Params,
+    learner: str,
+    tasks: dict[str, list[Task]],
+    num_classes: int,
+    checkpoints: Path,
+) -> tuple[dict[str, dict], dict[str, PromptedViT]]:
+    """Figures per run (accuracy_matrix, average_accuracy, forgetting) and the trained
+    deployable students (`student`, `cdl`) of one learner."""
+    cfg = params.continual
+    recipe = override(params.train, cfg.recipe, "continual.recipe")
+    splits = (tasks["train"], tasks["val"], tasks["test"])
+    results, snapshots = {}, []
+
+    def sequence(run: str, model: PromptedViT, **hooks) -> None:
+        matrix = run_sequence(
+            model,
+            *splits,
+            recipe,
+            seed=params.seed,
+            checkpoints=checkpoints / learner / run,
+            desc=f"{learner} {run}",
+            **hooks,
+        )
+        results[run] = {"accuracy_matrix": matrix, **summary(matrix)}
+
+    teacher = prompted(params, "teacher", learner, num_classes)
+    sequence("teacher", teacher, after_task=lambda t: snapshots.append(_trainable(teacher)))
+
+    def teacher_at(t: int, classes: list[int]) -> PromptedViT:
+        """The teacher as it was after task t, frozen."""
+        teacher.begin_task(t, classes)
+        teacher.load_state_dict(snapshots[t], strict=False)
+        return teacher.eval().requires_grad_(False)
+
+    student = prompted(params, "student", learner, num_classes)
+    sequence("student", student)
+
+    def kd_loss(t: int, classes: list[int]) -> LossFn:
+        frozen = teacher_at(t, classes)
+
+        def loss(model: PromptedViT, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            with torch.no_grad():
+                zt = frozen(x)
+            zs = model(x)
+            kd = continual_kd(zs, zt, y, classes, cfg.alpha, cfg.temperature)
+            return kd + model.key_loss
+
+        return loss
+
+    sequence("kd", prompted(params, "student", learner, num_classes), loss_for=kd_loss)
+
+    base = prompted(params, "student", learner, num_classes)
+    cdl = CDLStudent(base.vit, base.learner, num_classes, teacher, cfg.mapping_heads)
+    sequence(
+        "cdl",
+        cdl,
+        loss_for=lambda t, classes: cdl_loss(
+            teacher_at(t, classes), classes, cfg.alpha, cfg.temperature
+        ),
+        after_task=lambda t: cdl.fold(),
+    )
+    return results, {"student": student.eval(), "cdl": cdl.materialize()}
+
