@@ -37,7 +37,9 @@ class PromptedViT(nn.Module):
     def features(self, images: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
             query = prompted_features(self.vit, images)
-        prefixes, self.key_loss = self.learner.select(query, self.task if self.training else None)
+        prefixes, key_loss = self.learner.select(query, self.task if self.training else None)
+        if self.training:  # a loss term; inference (and export) keeps no state
+            self.key_loss = key_loss
         return prompted_features(self.vit, images, prefixes)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:

@@ -50,7 +50,7 @@ def export_onnx(
             opset_version=opset,
             input_names=[INPUT_NAME],
             output_names=[OUTPUT_NAME],
-            dynamic_shapes={"x": {0: batch}},
+            dynamic_shapes=({0: batch},),  # by position: any forward argument name
             verbose=False,
         )
         program.save(str(tmp), external_data=weights > external_data_bytes)
