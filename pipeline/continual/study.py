@@ -14,7 +14,7 @@ from pipeline.continual.learners import L2P, CodaPrompt, DualPrompt, PromptLearn
 from pipeline.continual.losses import continual_kd
 from pipeline.continual.model import PromptedViT
 from pipeline.continual.sequence import Task, run_sequence, summary
-from pipeline.train.loop import LossFn
+from pipeline.train.loop import LossFn, seed_everything
 
 RUNS = ("teacher", "student", "kd", "cdl")
 
@@ -39,6 +39,7 @@ def make_learner(name: str, cfg: ContinualConfig, width: int, depth: int) -> Pro
 
 
 def prompted(params: Params, role: str, learner: str, num_classes: int) -> PromptedViT:
+    seed_everything(params.seed)  # every run starts from the same prompts and head
     vit = models.load_model(paths.BACKBONES / role, num_classes)
     return PromptedViT(
         vit, make_learner(learner, params.continual, vit.embed_dim, len(vit.blocks)), num_classes
