@@ -11,6 +11,7 @@ DISTILLED = Path("models/distilled")
 MERGED = Path("models/merged")
 ONNX = Path("models/onnx")
 TRITON = Path("models/triton")  # a Triton Inference Server model repository
+CONTINUAL = Path("models/continual")  # prompt learners: two-pass ONNX models
 METRICS = Path("metrics")
 PLOTS = Path("plots")
 LIVE = Path("dvclive")

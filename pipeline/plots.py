@@ -154,3 +154,26 @@ def latency_throughput(rows: list[dict], path: str | Path, title: str = "") -> N
     axes.flat[0].set_ylabel("latency ms (p50, whisker to p99)")
     fig.suptitle(title or "latency against throughput by client concurrency")
     _save(fig, path)
+
+
+def continual_curves(results: dict[str, dict[str, dict]], path: str | Path) -> None:
+    """Average accuracy over the tasks seen so far, after each task: a panel per prompt
+    learner, a line per run (teacher, student alone, with KD, with CDL-Prompt)."""
+    fig, axes = plt.subplots(
+        1, len(results), figsize=(4.5 * len(results), 4), squeeze=False, sharey=True
+    )
+    for ax, (learner, runs) in zip(axes.flat, results.items()):
+        for run, figures in runs.items():
+            curve = [
+                np.mean([a for a in row if a is not None]) for row in figures["accuracy_matrix"]
+            ]
+            ax.plot(range(1, len(curve) + 1), curve, marker="o", label=run)
+        ax.set_title(learner)
+        ax.set_xlabel("tasks learnt")
+        ax.set_xticks(range(1, len(curve) + 1))
+        ax.set_ylim(0, 100)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    axes.flat[0].set_ylabel("average accuracy over tasks seen (%)")
+    fig.suptitle("class-incremental: average accuracy after each task")
+    _save(fig, path)

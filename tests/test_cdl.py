@@ -31,6 +31,11 @@ def test_the_mapping_trains_only_the_current_tasks_prompts_and_folds_them_in():
     for model in (student, teacher):
         model.begin_task(1, [2, 3])
     before = student.learner.components.detach().clone()
+    # a fresh mapping is a no-op: the student's prompts as they are
+    assert (student.mapping.delta("components") == 0).all()
+    torch.testing.assert_close(student.mapping.table("components"), before, rtol=0, atol=0)
+    with torch.no_grad():  # as a trained mapping would be
+        torch.nn.init.normal_(student.mapping.attention.out_proj.weight)
     delta = student.mapping.delta("components")
     assert (delta[:, :2] == 0).all() and delta[:, 2:].abs().max() > 0
     student.fold()
@@ -48,7 +53,7 @@ def test_the_deployable_student_predicts_as_the_cdl_student_without_the_teacher(
         student.train(), x, torch.tensor([0, 1, 0, 1, 1])
     )
     loss.backward()
-    assert student.mapping.projection.weight.grad.abs().max() > 0
+    assert student.mapping.attention.out_proj.weight.grad.abs().max() > 0
     assert student.kd_head.weight.grad.abs().max() > 0
     assert not any(p.grad is not None for p in teacher.parameters())
     student.fold()

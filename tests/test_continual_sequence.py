@@ -9,8 +9,9 @@ from pipeline import models
 from pipeline.config import TrainConfig
 from pipeline.continual.learners import CodaPrompt
 from pipeline.continual.model import PromptedViT
-from pipeline.continual.sequence import run_sequence, summary
+from pipeline.continual.sequence import plain_loss, run_sequence, summary, task_aware
 from pipeline.continual.tasks import split_tasks
+from pipeline.train.loop import evaluate
 from tests.conftest import TINY
 
 
@@ -43,3 +44,62 @@ def test_a_sequence_fills_the_matrix_and_leaves_old_classes_heads_alone(tmp_path
     assert model.seen == [0, 1, 2, 3]
     torch.testing.assert_close(heads[1][:2], heads[0][:2], rtol=0, atol=0)  # masked: untouched
     assert (heads[1][2:] - heads[0][2:]).abs().max() > 0
+
+
+def test_a_stopped_sequence_resumes_at_the_task_it_was_in(tmp_path, glyph_data):
+    tasks = split_tasks(glyph_data, [0, 1, 2, 3], 2)
+    recipe = TrainConfig(epochs=1, batch_size=16, lr=0.05, warmup_epochs=0)
+    trained: list[int] = []
+
+    def run(folder: str, crash_at: int | None = None, **kwargs):
+        """A fresh model through the two tasks; the tasks it trains are logged in `trained`."""
+        torch.manual_seed(0)
+        vit = models.create("vit_tiny_patch16_224", TINY, 4)
+        learner = CodaPrompt(32, tasks=2, components=4, length=4, layers=[0, 1])
+        model = PromptedViT(vit, learner, 4)
+
+        def loss_for(t, classes):
+            if t == crash_at:
+                raise KeyboardInterrupt
+            trained.append(t)
+            return plain_loss(classes)
+
+        matrix = run_sequence(
+            model,
+            tasks,
+            tasks,
+            tasks,
+            recipe,
+            seed=0,
+            checkpoints=tmp_path / folder,
+            desc=folder,
+            loss_for=loss_for,
+            **kwargs,
+        )
+        return matrix, model.state_dict()
+
+    whole, expected = run("whole")
+    with pytest.raises(KeyboardInterrupt):
+        run("stopped", crash_at=1)
+    trained.clear()
+    resumed, state = run("stopped")
+    assert trained == [1]  # the first task was not trained again
+    assert resumed == whole
+    for k, v in state.items():
+        torch.testing.assert_close(v, expected[k], rtol=0, atol=0)
+
+    trained.clear()  # a run with another fingerprint starts over
+    run("stopped", fingerprint={"alpha": 0.9})
+    assert trained == [0, 1]
+
+
+def test_task_aware_accuracy_ignores_confusion_between_tasks(glyph_data):
+    tasks = split_tasks(glyph_data, [0, 1, 2, 3], 2)
+    vit = models.create("vit_tiny_patch16_224", TINY, 4)
+    model = PromptedViT(vit, CodaPrompt(32, tasks=2, components=4, length=4, layers=[0, 1]), 4)
+    model.begin_task(1, [0, 1, 2, 3])
+    before = task_aware(model, tasks)
+    with torch.no_grad():
+        model.head.bias[:2] += 100  # the first task's classes win every image
+    assert evaluate(model, tasks[1][1])[1] == 0
+    assert task_aware(model, tasks) == pytest.approx(before)

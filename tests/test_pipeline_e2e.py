@@ -40,6 +40,13 @@ TINY_PARAMS = {
         "variants": ["student-lora-kd", "student-lora_qkv-wecolora"],
         "wecolora": {"recipe": {"epochs": 1}},
     },
+    "continual": {
+        "tasks": 2,
+        "recipe": {"epochs": 1, "batch_size": 64},
+        "l2p": {"pool": 4, "length": 4, "top_k": 2},
+        "dualprompt": {"g_length": 2, "e_length": 4},
+        "coda": {"components": 4, "length": 4},
+    },
     "export": {"calibration_images": 32},
     "benchmark": {
         "batch_sizes": [1, 4],
@@ -193,6 +200,41 @@ def test_outputs_people_look_at(project):
     assert len(rows) == 797 and set(rows[0]) == {"actual", "predicted"}
     live = json.loads((project / "dvclive/train/student-lora/metrics.json").read_text())
     assert live["step"] == 1  # two epochs logged, steps 0 and 1
+
+
+def test_continual_figures_and_deployable_students(project):
+    report = _json(project, "continual.json")
+    learners, runs = ("l2p", "dualprompt", "coda"), ("teacher", "student", "kd", "cdl")
+    assert report["class_order"] == list(range(10))
+    assert set(report["accuracy"]) == set(learners)
+    for learner in learners:
+        figures = report["accuracy"][learner]
+        assert set(figures) == set(runs)
+        for run in runs:
+            matrix = figures[run]["accuracy_matrix"]
+            assert len(matrix) == 2 and matrix[0][1] is None
+            assert all(0 <= a <= 100 for a in (matrix[0][0], *matrix[1]))
+            assert figures[run]["average_accuracy"] == pytest.approx(sum(matrix[1]) / 2)
+            assert figures[run]["forgetting"] == pytest.approx(matrix[0][0] - matrix[1][0])
+        gain = figures["cdl"]["average_accuracy"] - figures["student"]["average_accuracy"]
+        assert report["cdl_over_student"][learner] == pytest.approx(gain)
+    assert set(report["export"]) == {f"{lr}-{r}" for lr in learners for r in runs[1:]}
+    for row in report["export"].values():
+        assert row["max_abs_diff"] <= 1e-4
+        assert row["top1_onnxruntime"] == pytest.approx(row["top1_torch"], abs=0.2)
+    # the whole two-pass model runs from its file alone, on any batch size
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(project / "models/continual/coda-cdl/model.onnx"))
+    logits = session.run(None, {"images": torch.randn(3, 3, 16, 16).numpy()})[0]
+    assert logits.shape == (3, 10) and torch.isfinite(torch.from_numpy(logits)).all()
+    latency = report["latency"]
+    assert {r["model"] for r in latency["rows"]} == {"plain-student", *learners}
+    for learner in learners:
+        for backend in ("torch", "onnxruntime"):
+            assert set(latency["prompted_over_plain"][learner][backend]) == {"1", "4"}
+    assert (project / "plots/continual.png").read_bytes().startswith(b"\x89PNG")
+    assert not (project / "checkpoints/continual").exists()  # finished: nothing to resume
 
 
 def test_merged_model_is_plain_timm(project):

@@ -5,7 +5,8 @@ The paper describes the mapping but its code is not public; this is our design:
   teacher pass and costs what the student alone costs.
 - While a task trains, each prompt the task trains reads its teacher's counterpart (the table
   at the same relative depth) through a trainable projection (teacher width -> student width)
-  and a cross-attention: P_S' = P_S + Attn(P_S, W P_T, W P_T).
+  and a cross-attention: P_S' = P_S + Attn(P_S, W P_T, W P_T). The attention's output
+  projection starts at zero, so a fresh mapping leaves the student's prompts as they are.
 - When the task ends, P_S' is folded into P_S for those prompts (`fold`), so a prompt learnt
   for an earlier task stays as it was learnt: the mapping keeps training for later tasks
   without drifting the old prompts.
@@ -42,6 +43,9 @@ class MappedPrompts(nn.Module):
         width_s, width_t = widths
         self.projection = nn.Linear(width_t, width_s)
         self.attention = nn.MultiheadAttention(width_s, heads, batch_first=True)
+        # the mapping starts as a no-op (P_S' = P_S): it adds only what training finds useful
+        nn.init.zeros_(self.attention.out_proj.weight)
+        nn.init.zeros_(self.attention.out_proj.bias)
         # held outside the module tree: the teacher is not the student's to train or save
         self._learners = (student, teacher)
 

@@ -24,6 +24,14 @@ class PromptedViT(nn.Module):
         self.seen: list[int] = []  # classes of the tasks trained so far
         self.key_loss = torch.zeros(())
 
+    @property
+    def patch_embed(self) -> nn.Module:  # what a serving backend reads the input shape from
+        return self.vit.patch_embed
+
+    @property
+    def num_classes(self) -> int:
+        return self.head.out_features
+
     def train(self, mode: bool = True) -> PromptedViT:
         super().train(mode)
         self.vit.eval()  # frozen: no dropout, whatever the mode

@@ -13,7 +13,7 @@ from pipeline.continual.cdl import CDLStudent, cdl_loss
 from pipeline.continual.learners import L2P, CodaPrompt, DualPrompt, PromptLearner, scale_layers
 from pipeline.continual.losses import continual_kd
 from pipeline.continual.model import PromptedViT
-from pipeline.continual.sequence import Task, run_sequence, summary
+from pipeline.continual.sequence import Task, run_sequence, summary, task_aware, trainable
 from pipeline.train.loop import LossFn, seed_everything
 
 RUNS = ("teacher", "student", "kd", "cdl")
@@ -46,19 +46,17 @@ def prompted(params: Params, role: str, learner: str, num_classes: int) -> Promp
     )
 
 
-def _trainable(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in model.named_parameters() if v.requires_grad}
-
-
 def run_learner(
     params: Params,
     learner: str,
     tasks: dict[str, list[Task]],
     num_classes: int,
     checkpoints: Path,
+    fingerprint: dict | None = None,
 ) -> tuple[dict[str, dict], dict[str, PromptedViT]]:
-    """Figures per run (accuracy_matrix, average_accuracy, forgetting) and the trained
-    deployable students (`student`, `cdl`) of one learner."""
+    """Figures per run (accuracy_matrix, average_accuracy, forgetting, task_aware_accuracy)
+    and the trained deployable students (`student`, `kd`, `cdl`) of one learner. `fingerprint`:
+    what the runs depend on beyond the params (the backbones, the data), for resuming."""
     cfg = params.continual
     recipe = override(params.train, cfg.recipe, "continual.recipe")
     splits = (tasks["train"], tasks["val"], tasks["test"])
@@ -72,12 +70,22 @@ def run_learner(
             seed=params.seed,
             checkpoints=checkpoints / learner / run,
             desc=f"{learner} {run}",
+            fingerprint={
+                "continual": cfg,
+                "recipe": recipe,
+                "learner": learner,
+                "inputs": fingerprint,
+            },
             **hooks,
         )
-        results[run] = {"accuracy_matrix": matrix, **summary(matrix)}
+        results[run] = {
+            "accuracy_matrix": matrix,
+            **summary(matrix),
+            "task_aware_accuracy": task_aware(model, tasks["test"]),
+        }
 
     teacher = prompted(params, "teacher", learner, num_classes)
-    sequence("teacher", teacher, after_task=lambda t: snapshots.append(_trainable(teacher)))
+    sequence("teacher", teacher, after_task=lambda t: snapshots.append(trainable(teacher)))
 
     def teacher_at(t: int, classes: list[int]) -> PromptedViT:
         """The teacher as it was after task t, frozen."""
@@ -100,7 +108,8 @@ def run_learner(
 
         return loss
 
-    sequence("kd", prompted(params, "student", learner, num_classes), loss_for=kd_loss)
+    kd = prompted(params, "student", learner, num_classes)
+    sequence("kd", kd, loss_for=kd_loss)
 
     base = prompted(params, "student", learner, num_classes)
     cdl = CDLStudent(base.vit, base.learner, num_classes, teacher, cfg.mapping_heads)
@@ -112,5 +121,4 @@ def run_learner(
         ),
         after_task=lambda t: cdl.fold(),
     )
-    return results, {"student": student.eval(), "cdl": cdl.materialize()}
-
+    return results, {"student": student.eval(), "kd": kd.eval(), "cdl": cdl.materialize()}
