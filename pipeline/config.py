@@ -170,6 +170,8 @@ class ContinualConfig:
     recipe: dict[str, Any] = field(default_factory=dict)  # train.* overrides for every task
     alpha: float = _check(_fraction, 0.5)
     temperature: float = _check(_positive, 2.0)
+    feature_weight: float = _check(_non_negative, 0.0)  # FitNets' feature loss; the paper: 0.1
+    mapping: bool = True  # CDL-Prompt's teacher -> student prompt mapping; False: KD head only
     mapping_heads: int = _check(_positive, 1)
     l2p: L2PConfig = field(default_factory=L2PConfig)
     dualprompt: DualPromptConfig = field(default_factory=DualPromptConfig)

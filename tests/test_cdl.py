@@ -64,3 +64,19 @@ def test_the_deployable_student_predicts_as_the_cdl_student_without_the_teacher(
     got = plain(x)
     torch.testing.assert_close(got[:, :2], expected[:, :2], rtol=0, atol=1e-5)
     assert torch.isinf(got[:, 2:]).all(), "classes not yet seen take no mass"
+
+
+def test_the_feature_loss_adds_fitnets_mse_through_the_regressor():
+    student, teacher = _pair()
+    for model in (student, teacher):
+        model.begin_task(0, [0, 1])
+    student.hint = torch.nn.Linear(32, 48)
+    x, y = images(5), torch.tensor([0, 1, 0, 1, 1])
+    student.train()
+    torch.manual_seed(1)
+    plain = cdl_loss(teacher, [0, 1], alpha=0.5, temperature=2.0)(student, x, y)
+    with_features = cdl_loss(teacher, [0, 1], 0.5, 2.0, feature_weight=0.1)(student, x, y)
+    expected = torch.nn.functional.mse_loss(student.hint(student.feature), teacher.features(x))
+    torch.testing.assert_close(with_features, plain + 0.1 * expected)
+    with_features.backward()
+    assert student.hint.weight.grad.abs().max() > 0

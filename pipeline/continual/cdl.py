@@ -21,7 +21,7 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from pipeline.continual.learners import PromptLearner
-from pipeline.continual.losses import current_only, masked_ce
+from pipeline.continual.losses import current_only, feature_hint, masked_ce
 from pipeline.continual.model import PromptedViT
 from pipeline.distill.losses import kl_logits
 from pipeline.train.loop import LossFn
@@ -79,12 +79,14 @@ class CDLStudent(PromptedViT):
         num_classes: int,
         teacher: PromptedViT,
         heads: int = 1,
+        mapping: bool = True,
     ) -> None:
         super().__init__(vit, learner, num_classes)
         widths = (vit.embed_dim, teacher.vit.embed_dim)
-        self.mapping = MappedPrompts(learner, teacher.learner, widths, heads)
         self.kd_head = nn.Linear(vit.embed_dim, num_classes)
-        learner.source = self.mapping.table
+        self.mapping = MappedPrompts(learner, teacher.learner, widths, heads) if mapping else None
+        if self.mapping:  # without it: the KD head alone (an ablation of the mapping)
+            learner.source = self.mapping.table
         self.student_logits = self.kd_logits = torch.zeros(())
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -96,7 +98,7 @@ class CDLStudent(PromptedViT):
     @torch.no_grad()
     def fold(self) -> None:
         """Make the current task's mapped prompts the learner's own (call when a task ends)."""
-        for name in type(self.learner).TABLES:
+        for name in type(self.learner).TABLES if self.mapping else ():
             getattr(self.learner, name).add_(self.mapping.delta(name))
 
     def materialize(self) -> PromptedViT:
@@ -111,18 +113,26 @@ class CDLStudent(PromptedViT):
         return plain.eval()
 
 
-def cdl_loss(teacher: PromptedViT, classes: list[int], alpha: float, temperature: float) -> LossFn:
+def cdl_loss(
+    teacher: PromptedViT,
+    classes: list[int],
+    alpha: float,
+    temperature: float,
+    feature_weight: float = 0.0,
+) -> LossFn:
     """(1 - alpha) CE of the student head + alpha T^2 KL(teacher || KD head), both on the
-    current classes, plus the learner's key loss."""
+    current classes, plus the learner's key loss (and FitNets' feature loss if weighted)."""
     teacher.eval().requires_grad_(False)
     index = list(classes)
 
     def loss(model: CDLStudent, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            zt = teacher(x)
+            ft = teacher.features(x)
+            zt = teacher.head(ft)
         model(x)
         ce = masked_ce(model.student_logits, y, classes)
         kd = kl_logits(model.kd_logits[:, index], zt[:, index], temperature)
-        return (1 - alpha) * ce + alpha * kd + model.key_loss
+        out = (1 - alpha) * ce + alpha * kd + model.key_loss
+        return out + feature_weight * feature_hint(model, ft) if feature_weight else out
 
     return loss

@@ -36,3 +36,9 @@ def continual_kd(
     index = list(classes)
     kd = kl_logits(student[:, index], teacher[:, index], temperature)
     return (1 - alpha) * masked_ce(student, labels, classes) + alpha * kd
+
+
+def feature_hint(model: torch.nn.Module, teacher_feature: torch.Tensor) -> torch.Tensor:
+    """FitNets' feature loss: MSE(Linear_{D_S -> D_T}(F_S), F_T) on the student's last training
+    feature, through the regressor `model.hint`."""
+    return F.mse_loss(model.hint(model.feature), teacher_feature)

@@ -22,7 +22,8 @@ class PromptedViT(nn.Module):
         self.head = nn.Linear(vit.embed_dim, num_classes)
         self.task = 0  # the task being trained (DualPrompt's E-prompt while training)
         self.seen: list[int] = []  # classes of the tasks trained so far
-        self.key_loss = torch.zeros(())
+        self.key_loss = self.feature = torch.zeros(())
+        self.hint: nn.Module | None = None  # FitNets' regressor to the teacher's width, if used
 
     @property
     def patch_embed(self) -> nn.Module:  # what a serving backend reads the input shape from
@@ -46,9 +47,10 @@ class PromptedViT(nn.Module):
         with torch.no_grad():
             query = prompted_features(self.vit, images)
         prefixes, key_loss = self.learner.select(query, self.task if self.training else None)
-        if self.training:  # a loss term; inference (and export) keeps no state
-            self.key_loss = key_loss
-        return prompted_features(self.vit, images, prefixes)
+        feature = prompted_features(self.vit, images, prefixes)
+        if self.training:  # loss terms; inference (and export) keeps no state
+            self.key_loss, self.feature = key_loss, feature
+        return feature
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         logits = self.head(self.features(images))

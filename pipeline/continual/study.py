@@ -11,7 +11,7 @@ from pipeline import models, paths
 from pipeline.config import ContinualConfig, Params, override
 from pipeline.continual.cdl import CDLStudent, cdl_loss
 from pipeline.continual.learners import L2P, CodaPrompt, DualPrompt, PromptLearner, scale_layers
-from pipeline.continual.losses import continual_kd
+from pipeline.continual.losses import continual_kd, feature_hint
 from pipeline.continual.model import PromptedViT
 from pipeline.continual.sequence import Task, run_sequence, summary, task_aware, trainable
 from pipeline.train.loop import LossFn, seed_everything
@@ -96,28 +96,35 @@ def run_learner(
     student = prompted(params, "student", learner, num_classes)
     sequence("student", student)
 
+    def with_hint(model: PromptedViT) -> PromptedViT:
+        """The student with FitNets' regressor to the teacher's width, when that loss is on."""
+        if cfg.feature_weight:
+            model.hint = torch.nn.Linear(model.vit.embed_dim, teacher.vit.embed_dim)
+        return model
+
     def kd_loss(t: int, classes: list[int]) -> LossFn:
         frozen = teacher_at(t, classes)
 
         def loss(model: PromptedViT, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
             with torch.no_grad():
-                zt = frozen(x)
-            zs = model(x)
-            kd = continual_kd(zs, zt, y, classes, cfg.alpha, cfg.temperature)
-            return kd + model.key_loss
+                ft = frozen.features(x)
+                zt = frozen.head(ft)
+            kd = continual_kd(model(x), zt, y, classes, cfg.alpha, cfg.temperature)
+            out = kd + model.key_loss
+            return out + cfg.feature_weight * feature_hint(model, ft) if cfg.feature_weight else out
 
         return loss
 
-    kd = prompted(params, "student", learner, num_classes)
+    kd = with_hint(prompted(params, "student", learner, num_classes))
     sequence("kd", kd, loss_for=kd_loss)
 
     base = prompted(params, "student", learner, num_classes)
-    cdl = CDLStudent(base.vit, base.learner, num_classes, teacher, cfg.mapping_heads)
+    cdl = CDLStudent(base.vit, base.learner, num_classes, teacher, cfg.mapping_heads, cfg.mapping)
     sequence(
         "cdl",
-        cdl,
+        with_hint(cdl),
         loss_for=lambda t, classes: cdl_loss(
-            teacher_at(t, classes), classes, cfg.alpha, cfg.temperature
+            teacher_at(t, classes), classes, cfg.alpha, cfg.temperature, cfg.feature_weight
         ),
         after_task=lambda t: cdl.fold(),
     )
