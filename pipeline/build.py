@@ -13,7 +13,7 @@ from pipeline.artifacts import save_variant
 from pipeline.config import Params, TrainConfig
 from pipeline.data import ImageSet
 from pipeline.io import digest
-from pipeline.train import fit
+from pipeline.train import fit, is_main
 from pipeline.variants import Variant
 
 
@@ -54,8 +54,8 @@ def fingerprint(name: str, model: VisionTransformer, *inputs: Path, **extra: Any
 def train_variant(
     params: Params, variant: Variant, train: ImageSet, val: ImageSet
 ) -> tuple[VisionTransformer, list[dict]]:
-    """Train a variant alone (cross-entropy, its method's recipe) and save it where the
-    downstream stages look for it."""
+    """Train a variant alone (cross-entropy, its method's recipe) and save it (from rank 0
+    under torchrun) where the downstream stages look for it."""
     backbone = paths.BACKBONES / variant.role
     model = adapted(params, backbone, variant.method, len(train.classes))
     history = fit(
@@ -68,13 +68,14 @@ def train_variant(
         **run_dirs("train", variant.name),
         fingerprint=fingerprint(variant.name, model, backbone),
     )
-    save_variant(
-        variant.folder,
-        model,
-        name=variant.name,
-        role=variant.role,
-        backbone=backbone,
-        classes=train.classes,
-        history=history,
-    )
+    if is_main():
+        save_variant(
+            variant.folder,
+            model,
+            name=variant.name,
+            role=variant.role,
+            backbone=backbone,
+            classes=train.classes,
+            history=history,
+        )
     return model, history

@@ -94,6 +94,8 @@ class TrainConfig:
     grad_clip: float = _check(_non_negative, 1.0)  # 0 disables clipping
     amp: bool = True  # autocast on CUDA only; ignored on CPU
     num_workers: int = _check(_non_negative, 0)
+    # processes per training stage (one per GPU; gloo on CPU), started by pipeline.launch
+    nproc: int = _check(_positive, 1)
 
 
 @dataclass(frozen=True)
@@ -374,9 +376,27 @@ def parse_params(data: dict[str, Any]) -> Params:
             f"distill.kd.teacher '{params.distill.kd.teacher}' must be one of "
             "train.variants (it is trained first)"
         )
-    override(params.train, params.distill.wecolora.recipe, "distill.wecolora.recipe")
+    wecolora = override(params.train, params.distill.wecolora.recipe, "distill.wecolora.recipe")
     override(params.train, params.continual.recipe, "continual.recipe")
+    _check_shares(params, wecolora)
     return params
+
+
+def _check_shares(params: Params, wecolora: TrainConfig) -> None:
+    """Every training batch splits evenly over the train.nproc processes."""
+    sizes = {
+        "train.batch_size": params.train.batch_size,
+        "distill.wecolora.recipe.batch_size": wecolora.batch_size,
+    }
+    if any(b.weights == "pretrain" for b in params.backbone.values()):
+        sizes["pretrain.batch_size"] = params.pretrain.batch_size
+    nproc = params.train.nproc
+    for key, size in sizes.items():
+        if size % nproc:
+            raise ConfigError(
+                f"{key} ({size}) must be divisible by train.nproc ({nproc}): "
+                "each process trains on an equal share of every batch"
+            )
 
 
 def override(base: TrainConfig, changes: dict[str, Any], key: str) -> TrainConfig:

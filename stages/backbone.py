@@ -9,7 +9,7 @@ from pipeline.cli import run_stage
 from pipeline.config import TrainConfig, load_params
 from pipeline.data import load_split
 from pipeline.io import write_json
-from pipeline.train import evaluate, fit, seed_everything
+from pipeline.train import evaluate, fit, is_main, seed_everything
 
 
 def main(argv: list[str]) -> None:
@@ -47,6 +47,8 @@ def main(argv: list[str]) -> None:
     else:
         model = models.create(cfg.arch, kwargs, 0)
         models.load_weights(model, cfg.weights, cfg.arch, kwargs, key=f"backbone.{role}.weights")
+    if not is_main():
+        return  # every process holds the same weights: rank 0 writes them
     model.reset_classifier(0)
     report["params"] = sum(p.numel() for p in model.parameters())
     models.save_model(paths.BACKBONES / role, model, cfg.arch, kwargs, num_classes=0)

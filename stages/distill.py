@@ -12,20 +12,23 @@ from pipeline.cli import run_stage
 from pipeline.config import load_params
 from pipeline.distill import DRIVERS
 from pipeline.io import write_json
-from pipeline.train import seed_everything
+from pipeline.train import is_main, seed_everything
 from pipeline.variants import parse_variant
 
 
 def main(argv: list[str]) -> None:
     params = load_params()
     train, val = load_task("train", "val")
-    (paths.LIVE / "distill").mkdir(parents=True, exist_ok=True)  # declared plots, even if empty
+    if is_main():  # declared plots, even if empty
+        (paths.LIVE / "distill").mkdir(parents=True, exist_ok=True)
     for name in params.distill.variants:
         variant = parse_variant(name, params)
         seed_everything(params.seed)
         history = DRIVERS[variant.distill](params, variant, train, val)
-        print(f"{name}: val top-1 {history[-1]['val_top1']:.2f}%")
-    write_json(paths.DISTILLED / "index.json", {"variants": params.distill.variants})
+        if is_main():
+            print(f"{name}: val top-1 {history[-1]['val_top1']:.2f}%")
+    if is_main():
+        write_json(paths.DISTILLED / "index.json", {"variants": params.distill.variants})
 
 
 if __name__ == "__main__":

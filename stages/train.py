@@ -6,7 +6,7 @@ from pipeline import adapters, build
 from pipeline.artifacts import load_task
 from pipeline.cli import run_stage
 from pipeline.config import load_params
-from pipeline.train import seed_everything
+from pipeline.train import is_main, seed_everything
 from pipeline.variants import parse_variant
 
 
@@ -17,10 +17,11 @@ def main(argv: list[str]) -> None:
     train, val = load_task("train", "val")
     seed_everything(params.seed)
     model, history = build.train_variant(params, variant, train, val)
-    print(
-        f"{name}: val top-1 {history[-1]['val_top1']:.2f}% "
-        f"({adapters.param_counts(model)['params_trainable']:,} trainable parameters)"
-    )
+    if is_main():
+        print(
+            f"{name}: val top-1 {history[-1]['val_top1']:.2f}% "
+            f"({adapters.param_counts(model)['params_trainable']:,} trainable parameters)"
+        )
 
 
 if __name__ == "__main__":

@@ -61,6 +61,16 @@ def test_project_params_are_valid():
         ({"distill.wecolora.few_shot": 0}, "distill.wecolora.few_shot must be in (0, 1]"),
         ({"distill.wecolora.recipe": {"lr": -1}}, "distill.wecolora.recipe.lr must be > 0"),
         ({"distill.idat.kd": "l2"}, "distill.idat.kd must be one of mse, kl"),
+        ({"train.nproc": 0}, "train.nproc must be > 0"),
+        ({"train.nproc": 3}, "train.batch_size (64) must be divisible by train.nproc (3)"),
+        (
+            {"train.nproc": 4, "pretrain.batch_size": 30},
+            "pretrain.batch_size (30) must be divisible by train.nproc (4)",
+        ),
+        (
+            {"train.nproc": 2, "distill.wecolora.recipe": {"batch_size": 33}},
+            "distill.wecolora.recipe.batch_size (33) must be divisible by train.nproc (2)",
+        ),
     ],
 )
 def test_bad_values_name_their_key(changes, message):

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import (
+    BatchSampler,
+    DataLoader,
+    Dataset,
+    RandomSampler,
+    Sampler,
+    SequentialSampler,
+    default_collate,
+)
 
 from pipeline.data.arrays import ImageSet
 
@@ -36,16 +44,50 @@ class _Images(Dataset):
         return to_tensor(self.data.images[i : i + 1])[0], int(self.data.labels[i])
 
 
+class _Shard(Sampler[list[int]]):
+    """One rank's contiguous slice of every batch; every rank draws the same batches."""
+
+    def __init__(self, batches: BatchSampler, rank: int, world: int) -> None:
+        self.batches, self.rank, self.world = batches, rank, world
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for batch in self.batches:
+            n = len(batch)  # the last batch may be shorter: shares then differ by at most one
+            yield batch[self.rank * n // self.world : (self.rank + 1) * n // self.world]
+
+
+def _collate(batch: list[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    # a rank's share of a last batch shorter than the world is empty; the rank still takes part
+    if not batch:
+        return torch.empty(0), torch.empty(0, dtype=torch.long)
+    return default_collate(batch)
+
+
 def loader(
-    data: ImageSet, batch_size: int, shuffle: bool = False, seed: int = 0, num_workers: int = 0
+    data: ImageSet,
+    batch_size: int,
+    shuffle: bool = False,
+    seed: int = 0,
+    num_workers: int = 0,
+    shard: tuple[int, int] = (0, 1),
 ) -> DataLoader:
-    """A DataLoader whose shuffling is seeded (re-seed `.generator` per epoch to resume exactly)."""
+    """A DataLoader whose shuffling is seeded (re-seed `.generator` per epoch to resume exactly).
+
+    With `shard=(rank, world)` it yields rank's slice of each batch of `batch_size`: every rank
+    draws the same seeded order, so the slices of all ranks together are the one-process batches.
+    """
     gen = torch.Generator().manual_seed(seed) if shuffle else None
+    dataset = _Images(data)
+    sampler = RandomSampler(dataset, generator=gen) if shuffle else SequentialSampler(dataset)
+    batches = BatchSampler(sampler, batch_size, drop_last=False)
     return DataLoader(
-        _Images(data),
-        batch_size=batch_size,
-        shuffle=shuffle,
+        dataset,
+        batch_sampler=_Shard(batches, *shard),
         generator=gen,
+        collate_fn=_collate,
         num_workers=num_workers,
         pin_memory=torch.cuda.is_available(),
     )

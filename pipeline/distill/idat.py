@@ -20,7 +20,7 @@ from pipeline.artifacts import save_variant
 from pipeline.config import Params
 from pipeline.data import ImageSet
 from pipeline.distill.losses import kl_logits, mse_logits
-from pipeline.train import fit
+from pipeline.train import fit, is_main
 from pipeline.train.loop import LossFn
 from pipeline.variants import Variant
 
@@ -86,6 +86,8 @@ def run(params: Params, variant: Variant, train: ImageSet, val: ImageSet) -> lis
             variant.name, pair.student, paths.BACKBONES, idat=dataclasses.asdict(cfg)
         ),
     )
+    if not is_main():
+        return history
     common = {"classes": train.classes, "history": history, "distillation": "idat"}
     save_variant(
         variant.folder,

@@ -14,7 +14,7 @@ from pipeline.artifacts import load_variant, save_variant
 from pipeline.config import Params
 from pipeline.data import ImageSet
 from pipeline.distill.losses import kl_logits
-from pipeline.train import fit, pick_device
+from pipeline.train import fit, is_main, pick_device
 from pipeline.train.loop import LossFn
 from pipeline.variants import Variant, parse_variant
 
@@ -59,15 +59,16 @@ def run(params: Params, variant: Variant, train: ImageSet, val: ImageSet) -> lis
             kd=dataclasses.asdict(cfg),
         ),
     )
-    save_variant(
-        variant.folder,
-        student,
-        name=variant.name,
-        role="student",
-        backbone=paths.BACKBONES / "student",
-        classes=train.classes,
-        history=history,
-        distillation="kd",
-        teacher=cfg.teacher,
-    )
+    if is_main():
+        save_variant(
+            variant.folder,
+            student,
+            name=variant.name,
+            role="student",
+            backbone=paths.BACKBONES / "student",
+            classes=train.classes,
+            history=history,
+            distillation="kd",
+            teacher=cfg.teacher,
+        )
     return history

@@ -21,7 +21,7 @@ from pipeline.config import Params, override
 from pipeline.data import ImageSet, loader
 from pipeline.distill.losses import channel_kl, l1_features
 from pipeline.io import read_json, tensor_digest
-from pipeline.train import fit, pick_device
+from pipeline.train import fit, is_main, pick_device
 from pipeline.train.loop import LossFn
 from pipeline.variants import Variant
 
@@ -108,7 +108,8 @@ def run(params: Params, variant: Variant, train: ImageSet, val: ImageSet) -> lis
     student = models.create(spec["arch"], kwargs, 0)
     weight_copy(teacher, student, cfg.ratio, cfg.keep)
     copy_dir = variant.folder / "backbone"  # the frozen copy the adapters belong to
-    models.save_model(copy_dir, student, spec["arch"], kwargs, 0)
+    if is_main():
+        models.save_model(copy_dir, student, spec["arch"], kwargs, 0)
     adapters.inject(student, variant.method, **params.adapters.get(variant.method, {}))
     adapter_names = set(adapters.trainable_state(student))
     history = []
@@ -158,6 +159,8 @@ def run(params: Params, variant: Variant, train: ImageSet, val: ImageSet) -> lis
             adapters=tensor_digest(adapters.trainable_state(student)),
         ),
     )
+    if not is_main():
+        return probe
     for name, p in student.named_parameters():
         p.requires_grad_(name in adapter_names or name.startswith("head."))
     save_variant(

@@ -2,6 +2,13 @@
 
 Resuming is exact: the data order of each epoch is seeded by (seed, epoch) and the checkpoint
 holds the RNG state, so a run killed after epoch k and resumed ends where an unbroken run ends.
+
+Under torchrun every process runs `fit` on its share of each batch (see `distributed`). The
+model is not wrapped in DistributedDataParallel: loss functions call sub-modules and helpers of
+the model directly (iDAT's `pair.student`, WeCoLoRA's block outputs), which a wrapper's forward
+hooks would miss. Instead, after each backward one all-reduce averages the gradients of the
+trainable parameters (frozen ones have none to reduce), so N processes × B/N images follow the
+one-process run at batch B up to the order of floating-point sums.
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ from tqdm.auto import tqdm
 from pipeline import PipelineError
 from pipeline.config import TrainConfig
 from pipeline.data import ImageSet, loader
-from pipeline.train import checkpoint
+from pipeline.train import checkpoint, distributed
 
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -39,7 +46,10 @@ def seed_everything(seed: int) -> None:
 
 
 def pick_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """This process's GPU (`LOCAL_RANK` under torchrun), else the CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", distributed.local_rank())
+    return torch.device("cpu")
 
 
 def lr_at(step: int, total: int, warmup: int, base: float, min_ratio: float = 0.0) -> float:
@@ -96,6 +106,42 @@ def _fingerprint(
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
+def _join(model: nn.Module, start: int, desc: str) -> None:
+    """Every rank starts at the same epoch from rank 0's weights."""
+    if not distributed.agree(start):
+        raise PipelineError(
+            f"{desc}: the processes found different checkpoints; "
+            "the checkpoint folder must be one that every process reads"
+        )
+    distributed.broadcast_state(model)
+
+
+def _step(
+    model: nn.Module,
+    loss_fn: LossFn,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    optimizer: torch.optim.Optimizer,
+    cfg: TrainConfig,
+    trainable: list[nn.Parameter],
+) -> tuple[float, int]:
+    """One optimiser step on this rank's share of a batch; (loss sum, images) of the batch."""
+    loss_sum, count = 0.0, len(y)
+    optimizer.zero_grad(set_to_none=True)
+    if count:  # a rank's share of a last batch shorter than the world can be empty
+        with _autocast(x.device, cfg.amp):
+            loss = loss_fn(model, x, y)
+        loss.backward()
+        loss_sum = loss.item() * count
+    if distributed.world_size() > 1:
+        loss_sum, count = distributed.reduce_gradients(trainable, count, loss_sum)
+    if cfg.grad_clip > 0:
+        for group in optimizer.param_groups:
+            torch.nn.utils.clip_grad_norm_(group["params"], cfg.grad_clip)
+    optimizer.step()
+    return loss_sum, count
+
+
 def fit(
     model: nn.Module,
     train: ImageSet,
@@ -116,7 +162,18 @@ def fit(
     A checkpoint is written after every epoch to `checkpoint_dir` and removed when training
     completes; a later call for the same run resumes from it. `evaluate_fn(model)` gives the
     per-epoch (val loss, val top-1); by default cross-entropy and top-1 of the logits on `val`.
+
+    Under torchrun each process trains on its slice of every batch of `cfg.batch_size` (the
+    global batch) and ends with the same weights; only rank 0 prints, logs and checkpoints.
+    Every rank validates (the results are the same), so every rank returns the same history.
     """
+    distributed.setup()
+    world, rank, main = distributed.world_size(), distributed.rank(), distributed.is_main()
+    if cfg.batch_size % world:
+        raise PipelineError(
+            f"{desc}: train.batch_size ({cfg.batch_size}) must be divisible by "
+            f"the number of processes ({world})"
+        )
     device = pick_device()
     model.to(device)
     # one parameter group per sub-model (iDAT's student and teacher), each clipped on its own
@@ -124,7 +181,8 @@ def fit(
         [p for p in m.parameters() if p.requires_grad]
         for m in getattr(model, "param_group_modules", lambda: [model])()
     ]
-    if not any(groups):
+    trainable = [p for g in groups for p in g]
+    if not trainable:
         raise PipelineError(f"{desc}: the model has no trainable parameters")
     optimizer = torch.optim.AdamW(
         [{"params": g} for g in groups if g],
@@ -138,74 +196,87 @@ def fit(
     torch.manual_seed(seed)
     meta = checkpoint.load(checkpoint_dir, model, optimizer, key)
     start, history = (meta["epoch"], meta["history"]) if meta else (0, [])
-    if meta:
+    if world > 1:
+        _join(model, start, desc)
+    if meta and main:
         tqdm.write(f"{desc}: resuming from the checkpoint of epoch {start}/{cfg.epochs}")
 
     live = None
-    if live_dir is not None:
+    if live_dir is not None and main:
         from dvclive import Live
 
         live = Live(str(live_dir), save_dvc_exp=False, dvcyaml=None)
         for row in history:  # the stage's outputs were reset: log the epochs before the resume
             _log(live, row)
 
-    data = loader(train, cfg.batch_size, shuffle=True, seed=seed, num_workers=cfg.num_workers)
+    data = loader(
+        train,
+        cfg.batch_size,
+        shuffle=True,
+        seed=seed,
+        num_workers=cfg.num_workers,
+        shard=(rank, world),
+    )
     steps_per_epoch = len(data)
     total = cfg.epochs * steps_per_epoch
     warmup = round(cfg.warmup_epochs * steps_per_epoch)
-    for epoch in range(start, cfg.epochs):
-        data.generator.manual_seed(seed * 100_003 + epoch)
-        model.train()
-        running, seen = 0.0, 0
-        bar = tqdm(
-            data,
-            desc=f"{desc} {epoch + 1}/{cfg.epochs}",
-            leave=False,
-            mininterval=1.0,
-            disable=not sys.stderr.isatty(),
-        )
-        for i, (x, y) in enumerate(bar):
-            lr = lr_at(epoch * steps_per_epoch + i, total, warmup, cfg.lr, cfg.min_lr_ratio)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            with _autocast(device, cfg.amp):
-                loss = loss_fn(model, x, y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip > 0:
+    # Under torchrun each rank draws its own dropout masks (one stream would repeat a mask on
+    # every shard), seeded per epoch by (seed, epoch, rank) so that a resume stays exact without
+    # every rank's RNG state; forked, so the stream after training is the same on every rank.
+    streams = contextlib.nullcontext()
+    if world > 1:
+        streams = torch.random.fork_rng(devices=[device] if device.type == "cuda" else [])
+    with streams:
+        for epoch in range(start, cfg.epochs):
+            data.generator.manual_seed(seed * 100_003 + epoch)
+            if world > 1:
+                torch.manual_seed((seed * 100_003 + epoch) * world + rank)
+            model.train()
+            running, seen = 0.0, 0
+            bar = tqdm(
+                data,
+                desc=f"{desc} {epoch + 1}/{cfg.epochs}",
+                leave=False,
+                mininterval=1.0,
+                disable=not (main and sys.stderr.isatty()),
+            )
+            for i, (x, y) in enumerate(bar):
+                lr = lr_at(epoch * steps_per_epoch + i, total, warmup, cfg.lr, cfg.min_lr_ratio)
                 for group in optimizer.param_groups:
-                    torch.nn.utils.clip_grad_norm_(group["params"], cfg.grad_clip)
-            optimizer.step()
-            running += loss.item() * len(y)
-            seen += len(y)
-            bar.set_postfix(loss=f"{running / seen:.4f}", lr=f"{lr:.2e}")
-        val_loss, val_top1 = (evaluate_fn or (lambda m: evaluate(m, val)))(model)
-        row = {
-            "epoch": epoch + 1,
-            "train_loss": running / seen,
-            "val_loss": val_loss,
-            "val_top1": val_top1,
-            "lr": lr,
-        }
-        history.append(row)
-        tqdm.write(
-            f"{desc} epoch {epoch + 1}/{cfg.epochs}: loss {row['train_loss']:.4f} "
-            f"val loss {val_loss:.4f} val top-1 {val_top1:.2f}%"
-        )
-        if live:
-            _log(live, row)
-        checkpoint.save(
-            checkpoint_dir,
-            model,
-            optimizer,
-            {"fingerprint": key, "epoch": epoch + 1, "history": history},
-        )
-        if on_epoch_end:
-            on_epoch_end(epoch + 1)
+                    group["lr"] = lr
+                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                loss_sum, count = _step(model, loss_fn, x, y, optimizer, cfg, trainable)
+                running += loss_sum
+                seen += count
+                bar.set_postfix(loss=f"{running / seen:.4f}", lr=f"{lr:.2e}")
+            val_loss, val_top1 = (evaluate_fn or (lambda m: evaluate(m, val)))(model)
+            row = {
+                "epoch": epoch + 1,
+                "train_loss": running / seen,
+                "val_loss": val_loss,
+                "val_top1": val_top1,
+                "lr": lr,
+            }
+            history.append(row)
+            if main:
+                tqdm.write(
+                    f"{desc} epoch {epoch + 1}/{cfg.epochs}: loss {row['train_loss']:.4f} "
+                    f"val loss {val_loss:.4f} val top-1 {val_top1:.2f}%"
+                )
+                if live:
+                    _log(live, row)
+                checkpoint.save(
+                    checkpoint_dir,
+                    model,
+                    optimizer,
+                    {"fingerprint": key, "epoch": epoch + 1, "history": history},
+                )
+            if on_epoch_end:
+                on_epoch_end(epoch + 1)
     if live:
         live.end()
-    checkpoint.clear(checkpoint_dir)
+    if main:
+        checkpoint.clear(checkpoint_dir)
     return history
 
 
