@@ -47,6 +47,8 @@ def main(argv: list[str]) -> None:
     else:
         model = models.create(cfg.arch, kwargs, 0)
         models.load_weights(model, cfg.weights, cfg.arch, kwargs, key=f"backbone.{role}.weights")
+        # nothing trains here, yet dvc.yaml declares the curves: an empty folder of them
+        (paths.LIVE / "backbone" / role / "plots" / "metrics").mkdir(parents=True, exist_ok=True)
     model.reset_classifier(0)
     report["params"] = sum(p.numel() for p in model.parameters())
     models.save_model(paths.BACKBONES / role, model, cfg.arch, kwargs, num_classes=0)
