@@ -47,6 +47,8 @@ def main(argv: list[str]) -> None:
     else:
         model = models.create(cfg.arch, kwargs, 0)
         models.load_weights(model, cfg.weights, cfg.arch, kwargs, key=f"backbone.{role}.weights")
+        # nothing trains here, yet dvc.yaml declares the curves: an empty folder of them
+        (paths.LIVE / "backbone" / role / "plots" / "metrics").mkdir(parents=True, exist_ok=True)
     if not is_main():
         return  # every process holds the same weights: rank 0 writes them
     model.reset_classifier(0)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from pipeline import models
 from pipeline.data import ImageSet
@@ -35,3 +38,25 @@ def glyph_data() -> ImageSet:
 
 def images(n: int = 8, size: int = 16) -> torch.Tensor:
     return torch.randn(n, 3, size, size)
+
+
+@pytest.fixture
+def vtab_task():
+    """Write a tiny VTAB-1K task folder: glyph PNGs listed `relative/path.png label` in
+    train800val200.txt (`train` per class) and test.txt (`test` per class)."""
+
+    def make(folder: Path, classes: int = 3, train: int = 6, test: int = 2, seed: int = 0) -> Path:
+        data = generate(classes, train + test, 16, seed)
+        (folder / "images").mkdir(parents=True)
+        lists: dict[str, list[str]] = {"train800val200.txt": [], "test.txt": []}
+        seen = dict.fromkeys(range(classes), 0)
+        for i, (image, label) in enumerate(zip(data.images, data.labels.tolist())):
+            Image.fromarray(image).save(folder / "images" / f"{i}.png")
+            name = "test.txt" if seen[label] < test else "train800val200.txt"
+            lists[name].append(f"images/{i}.png {label}")
+            seen[label] += 1
+        for name, lines in lists.items():
+            (folder / name).write_text("\n".join(lines) + "\n")
+        return folder
+
+    return make
