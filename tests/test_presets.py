@@ -99,6 +99,20 @@ OFFICIAL = {
         }
         for r in (2, 3)
     },
+    "cdl": {
+        "data.source": "imagefolder",
+        "data.image_size": 224,
+        "backbone.teacher.arch": VIT_B,
+        "backbone.student.arch": "vit_small_patch16_224.augreg_in21k",
+        "continual.tasks": 10,
+        "continual.learners": ["l2p", "dualprompt", "coda"],
+        "continual.recipe.epochs": 35,
+        "continual.recipe.lr": 1e-3,
+        "continual.recipe.batch_size": 64,
+        "continual.alpha": 0.5,
+        "continual.temperature": 2.0,
+        "continual.coda.components": 100,
+    },
 }
 
 
