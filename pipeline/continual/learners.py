@@ -7,6 +7,7 @@ ViT and scale to the model's depth (see `scale_layers`).
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 
 import torch
@@ -35,7 +36,7 @@ def _merge(into: Prefixes, layer: int, keys: torch.Tensor, values: torch.Tensor)
     into[layer] = (keys, values)
 
 
-class PromptLearner(nn.Module):
+class PromptLearner(nn.Module, ABC):
     """select(query, task) -> (prefixes, key loss); `task` is the training task's index (None
     at inference). `begin_task(t)` is called before task t trains.
 
@@ -58,8 +59,9 @@ class PromptLearner(nn.Module):
         task trains; by default all of them."""
         return torch.ones(getattr(self, name).shape[:-2], dtype=torch.bool)
 
+    @abstractmethod
     def select(self, query: torch.Tensor, task: int | None) -> tuple[Prefixes, torch.Tensor]:
-        raise NotImplementedError
+        """The prefixes per layer for a batch of queries, and the key loss."""
 
 
 class L2P(PromptLearner):
