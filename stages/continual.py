@@ -42,6 +42,7 @@ def main(argv: list[str]) -> None:
         for name, data in (("train", train), ("val", val), ("test", test))
     }
     print(f"continual: {cfg.tasks} tasks of {len(order) // cfg.tasks} classes, order {order}")
+    images = to_tensor(test.images).numpy()  # the test set as every backend takes it
     checkpoints = paths.CHECKPOINTS / "continual"
     inputs = digest(paths.BACKBONES, paths.DOWNSTREAM)
     accuracy, exported, deployed = {}, {}, {}
@@ -56,7 +57,7 @@ def main(argv: list[str]) -> None:
                 f"  forgetting {figures['forgetting']:6.2f}%"
             )
         for run, model in students.items():
-            exported[f"{learner}-{run}"] = _export(params, f"{learner}-{run}", model, test)
+            exported[f"{learner}-{run}"] = _export(params, f"{learner}-{run}", model, test, images)
         deployed[learner] = students["cdl"]
     report = {
         "class_order": order,
@@ -66,14 +67,16 @@ def main(argv: list[str]) -> None:
             for learner, runs in accuracy.items()
         },
         "export": exported,
-        "latency": _latency(params, deployed, test),
+        "latency": _latency(params, deployed, test, images),
     }
     write_json(paths.METRICS / "continual.json", report)
     continual_curves(accuracy, paths.PLOTS / "continual.png")
     shutil.rmtree(checkpoints, ignore_errors=True)  # every run finished: nothing to resume
 
 
-def _export(params: Params, name: str, model: torch.nn.Module, test) -> dict[str, float]:
+def _export(
+    params: Params, name: str, model: torch.nn.Module, test, images: np.ndarray
+) -> dict[str, float]:
     """The whole two-pass model to ONNX; its logits on the test set against torch's."""
     path = export_onnx(
         model,
@@ -83,7 +86,7 @@ def _export(params: Params, name: str, model: torch.nn.Module, test) -> dict[str
         metadata=preprocessing(test.classes),
     )
     reference = predict(model, test).numpy()
-    logits = run_batched(OnnxRuntimeBackend(path), to_tensor(test.images).numpy())
+    logits = run_batched(OnnxRuntimeBackend(path), images)
     diff = float(np.abs(logits - reference).max())
     figures = {
         "max_abs_diff": diff,
@@ -99,7 +102,9 @@ def _export(params: Params, name: str, model: torch.nn.Module, test) -> dict[str
     return figures
 
 
-def _latency(params: Params, deployed: dict[str, torch.nn.Module], test) -> dict:
+def _latency(
+    params: Params, deployed: dict[str, torch.nn.Module], test, images: np.ndarray
+) -> dict:
     """p50/p99 and throughput of each learner's deployable student and of the plain student
     ViT, in torch and ONNX Runtime; the ratio prompted / plain of p50 per backend and batch."""
     cfg = params.benchmark
@@ -112,7 +117,6 @@ def _latency(params: Params, deployed: dict[str, torch.nn.Module], test) -> dict
         params.export.opset,
         metadata=preprocessing(test.classes),
     )
-    images = to_tensor(test.images).numpy()
     rows = []
     for name, model in {PLAIN: plain, **deployed}.items():
         onnx_file = paths.CONTINUAL / (name if name == PLAIN else f"{name}-cdl") / "model.onnx"

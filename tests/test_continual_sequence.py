@@ -15,6 +15,19 @@ from pipeline.train.loop import evaluate
 from tests.conftest import TINY
 
 
+def _coda_model() -> PromptedViT:
+    """A tiny real ViT with CODA-Prompt for 2 tasks of the 4 glyph classes."""
+    vit = models.create("vit_tiny_patch16_224", TINY, 4)
+    return PromptedViT(vit, CodaPrompt(32, tasks=2, components=4, length=4, layers=[0, 1]), 4)
+
+
+def _sequence(model: PromptedViT, tasks, recipe: TrainConfig, folder, **kwargs):
+    """The tasks as train, val and test alike, seed 0."""
+    return run_sequence(
+        model, tasks, tasks, tasks, recipe, seed=0, checkpoints=folder, desc="coda", **kwargs
+    )
+
+
 def test_average_accuracy_and_forgetting_follow_their_definitions():
     matrix = [[90.0, None, None], [70.0, 80.0, None], [60.0, 75.0, 85.0]]
     got = summary(matrix)
@@ -25,19 +38,14 @@ def test_average_accuracy_and_forgetting_follow_their_definitions():
 
 def test_a_sequence_fills_the_matrix_and_leaves_old_classes_heads_alone(tmp_path, glyph_data):
     tasks = split_tasks(glyph_data, [0, 1, 2, 3], 2)
-    vit = models.create("vit_tiny_patch16_224", TINY, 4)
-    model = PromptedViT(vit, CodaPrompt(32, tasks=2, components=4, length=4, layers=[0, 1]), 4)
+    model = _coda_model()
     recipe = TrainConfig(epochs=2, batch_size=16, lr=0.05, warmup_epochs=0)
     heads: list[torch.Tensor] = []
-    matrix = run_sequence(
+    matrix = _sequence(
         model,
         tasks,
-        tasks,
-        tasks,
         recipe,
-        seed=0,
-        checkpoints=tmp_path,
-        desc="coda",
+        tmp_path,
         after_task=lambda t: heads.append(model.head.weight.detach().clone()),
     )
     assert matrix[0][1] is None and all(0 <= a <= 100 for a in (*matrix[0][:1], *matrix[1]))
@@ -54,9 +62,7 @@ def test_a_stopped_sequence_resumes_at_the_task_it_was_in(tmp_path, glyph_data):
     def run(folder: str, crash_at: int | None = None, **kwargs):
         """A fresh model through the two tasks; the tasks it trains are logged in `trained`."""
         torch.manual_seed(0)
-        vit = models.create("vit_tiny_patch16_224", TINY, 4)
-        learner = CodaPrompt(32, tasks=2, components=4, length=4, layers=[0, 1])
-        model = PromptedViT(vit, learner, 4)
+        model = _coda_model()
 
         def loss_for(t, classes):
             if t == crash_at:
@@ -64,18 +70,7 @@ def test_a_stopped_sequence_resumes_at_the_task_it_was_in(tmp_path, glyph_data):
             trained.append(t)
             return plain_loss(classes)
 
-        matrix = run_sequence(
-            model,
-            tasks,
-            tasks,
-            tasks,
-            recipe,
-            seed=0,
-            checkpoints=tmp_path / folder,
-            desc=folder,
-            loss_for=loss_for,
-            **kwargs,
-        )
+        matrix = _sequence(model, tasks, recipe, tmp_path / folder, loss_for=loss_for, **kwargs)
         return matrix, model.state_dict()
 
     whole, expected = run("whole")
@@ -95,8 +90,7 @@ def test_a_stopped_sequence_resumes_at_the_task_it_was_in(tmp_path, glyph_data):
 
 def test_task_aware_accuracy_ignores_confusion_between_tasks(glyph_data):
     tasks = split_tasks(glyph_data, [0, 1, 2, 3], 2)
-    vit = models.create("vit_tiny_patch16_224", TINY, 4)
-    model = PromptedViT(vit, CodaPrompt(32, tasks=2, components=4, length=4, layers=[0, 1]), 4)
+    model = _coda_model()
     model.begin_task(1, [0, 1, 2, 3])
     before = task_aware(model, tasks)
     with torch.no_grad():

@@ -110,11 +110,12 @@ def trainable(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 def _restore(done: Path, model: torch.nn.Module, key: str) -> list[float | None] | None:
     """A finished task's row, its state loaded into `model`; None if it has not finished."""
-    if not (done / "row.json").is_file() or read_json(done / "row.json")["fingerprint"] != key:
+    saved = read_json(done / "row.json") if (done / "row.json").is_file() else {}
+    if saved.get("fingerprint") != key:
         return None
     state = load_file(str(done / "state.safetensors"))
     params = dict(model.named_parameters())
     with torch.no_grad():
         for name, value in state.items():
             params[name].copy_(value)
-    return read_json(done / "row.json")["row"]
+    return saved["row"]

@@ -16,8 +16,6 @@ from pipeline.continual.model import PromptedViT
 from pipeline.continual.sequence import Task, run_sequence, summary, task_aware, trainable
 from pipeline.train.loop import LossFn, seed_everything
 
-RUNS = ("teacher", "student", "kd", "cdl")
-
 
 def make_learner(name: str, cfg: ContinualConfig, width: int, depth: int) -> PromptLearner:
     """A learner of the paper's sizes, its layers scaled from 12 blocks to `depth`."""
