@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import torch
 
 
 def measure(
@@ -57,3 +58,14 @@ def ort_profile(
             op = event["args"]["op_name"]
             totals[op] = totals.get(op, 0.0) + event["dur"] / 1e3 / runs
     return {op: round(ms, 4) for op, ms in sorted(totals.items(), key=lambda kv: -kv[1])}
+
+
+def flops_per_image(model: torch.nn.Module, image_shape: tuple[int, int, int]) -> float:
+    """FLOPs (2 per multiply-accumulate) of one image through `model`, counted by torch from
+    the operators it runs: matmuls, convolutions and attention."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    device = next(model.parameters()).device
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(torch.zeros(1, *image_shape, device=device))
+    return float(counter.get_total_flops())

@@ -22,6 +22,18 @@ class ConfigError(PipelineError):
     pass
 
 
+TORCH_BACKENDS = ("torch", "torch-compile", "cuda-graph")  # serve's PyTorch backends
+# the ONNX Runtime artefacts the reference stage builds for a real-size ViT
+REFERENCE_ARTEFACTS = (
+    "onnxruntime",
+    "onnxruntime-optimized",
+    "onnxruntime-optimized-skipln",
+    "onnxruntime-int8",
+    "onnxruntime-int8-skipln",
+    "onnxruntime-int8-static",
+)
+
+
 def _positive(v: float) -> str | None:
     return None if v > 0 else "must be > 0"
 
@@ -205,6 +217,42 @@ class ReferenceConfig:
     num_classes: int = _check(_positive, 10)
     batch_sizes: list[int] = field(default_factory=lambda: [1])
     calibration_images: int = _check(_positive, 16)
+    # the PyTorch backends measured beside ONNX Runtime; cuda-graph only where CUDA is present
+    torch_backends: list[str] = _check(
+        _all_of(*TORCH_BACKENDS), default_factory=lambda: list(TORCH_BACKENDS)
+    )
+    precision: str = _check(_one_of("fp32", "bf16"), "fp32")  # of the PyTorch backends
+    onnxruntime: list[str] = _check(  # the artefacts timed (all are built and profiled)
+        _all_of(*REFERENCE_ARTEFACTS), default_factory=lambda: list(REFERENCE_ARTEFACTS)
+    )
+    peak_tflops: float | None = None  # the device's dense peak: rows then say what share of it
+
+
+@dataclass(frozen=True)
+class ArchConfig:
+    """A timm ViT with random weights: for speed figures, which do not depend on weights."""
+
+    arch: str
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TrainingBenchConfig:
+    """Adapter training against full fine-tuning on one backbone (random weights): time per
+    step, images/s and peak memory. iDAT trains `idat_method` in this backbone and in the
+    smaller `idat_teacher` jointly. Autocast follows train.amp."""
+
+    model: ArchConfig = field(default_factory=lambda: ArchConfig("vit_base_patch16_224"))
+    idat_teacher: ArchConfig = field(default_factory=lambda: ArchConfig("vit_small_patch16_224"))
+    idat_method: str = "arc"
+    image_size: int = _check(_positive, 224)
+    num_classes: int = _check(_positive, 100)
+    batch_size: int = _check(_positive, 64)
+    methods: list[str] = field(
+        default_factory=lambda: ["full", "lora", "arc", "consolidator", "idat"]
+    )
+    warmup: int = _check(_positive, 3)
+    steps: int = _check(_positive, 10)
 
 
 def _levels(values: list[int]) -> str | None:
@@ -217,7 +265,7 @@ class ServingConfig:
     perf_analyzer method); the server batches as export.max_batch_size/max_queue_delay_us say."""
 
     backends: list[str] = _check(  # tensorrt only where the export stage built engines
-        _all_of("torch", "onnxruntime", "tensorrt"),
+        _all_of(*TORCH_BACKENDS, "onnxruntime", "tensorrt"),
         default_factory=lambda: ["torch", "onnxruntime", "tensorrt"],
     )
     variants: list[str] | None = None  # merged and unmerged form of each; None: every one
@@ -235,6 +283,7 @@ class BenchmarkConfig:
     iterations: int = _check(_positive, 30)
     threads: int = _check(_positive, 2)
     reference: ReferenceConfig = field(default_factory=ReferenceConfig)
+    training: TrainingBenchConfig = field(default_factory=TrainingBenchConfig)
     serve: ServingConfig = field(default_factory=ServingConfig)
 
 
@@ -357,6 +406,7 @@ def parse_params(data: dict[str, Any]) -> Params:
             )
     if len(params.train.betas) != 2 or not all(0 <= b < 1 for b in params.train.betas):
         raise ConfigError(f"train.betas must be two numbers in [0, 1), got {params.train.betas}")
+    _check_training_bench(params.benchmark.training, METHODS)
     if not params.benchmark.batch_sizes or min(params.benchmark.batch_sizes) < 1:
         raise ConfigError(f"benchmark.batch_sizes must be >= 1, got {params.benchmark.batch_sizes}")
     if not params.train.variants:
@@ -380,6 +430,20 @@ def parse_params(data: dict[str, Any]) -> Params:
     override(params.train, params.continual.recipe, "continual.recipe")
     _check_shares(params, wecolora)
     return params
+
+
+def _check_training_bench(cfg: TrainingBenchConfig, methods: tuple[str, ...]) -> None:
+    from pipeline.models import check_arch
+
+    for key in ("model", "idat_teacher"):
+        check_arch(getattr(cfg, key).arch, f"benchmark.training.{key}.arch")
+    known = ("full", "idat", *methods)
+    for name in (*cfg.methods, cfg.idat_method):
+        if name not in known or (name == cfg.idat_method and name in ("full", "idat")):
+            raise ConfigError(
+                f"benchmark.training: unknown method {name!r} (full, idat or one of "
+                f"{', '.join(methods)}; idat_method is an adapter method)"
+            )
 
 
 def _check_shares(params: Params, wecolora: TrainConfig) -> None:

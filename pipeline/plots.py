@@ -177,3 +177,37 @@ def continual_curves(results: dict[str, dict[str, dict]], path: str | Path) -> N
     axes.flat[0].set_ylabel("average accuracy over tasks seen (%)")
     fig.suptitle("class-incremental: average accuracy after each task")
     _save(fig, path)
+
+
+MEMORY_PARTS = ("weights", "gradients", "optimizer", "activations")
+
+
+def training_costs(rows: list[dict], path: str | Path) -> None:
+    """Per training method: images/s, and memory as stacked parts (weights, gradients,
+    optimizer state, saved activations) with the CUDA allocator's peak marked where measured."""
+    methods = [r["method"] for r in rows]
+    ys = np.arange(len(methods))
+    fig, (speed, memory) = plt.subplots(1, 2, figsize=(11, 0.45 * len(methods) + 1.8))
+    speed.barh(ys, [r["images_per_s"] for r in rows], color="tab:blue")
+    speed.set_xlabel("training images/s (higher is better)")
+    left = np.zeros(len(rows))
+    for part in MEMORY_PARTS:
+        values = np.array([r[f"{part}_mib"] for r in rows])
+        memory.barh(ys, values, left=left, label=part)
+        left += values
+    measured = [r for r in rows if r["memory_source"] != "accounted"]
+    if measured:
+        memory.plot(
+            [r["peak_memory_mib"] for r in measured],
+            [methods.index(r["method"]) for r in measured],
+            "k|",
+            markersize=14,
+            label="allocator peak",
+        )
+    memory.set_xlabel("memory MiB")
+    memory.legend(fontsize=7)
+    for ax in (speed, memory):
+        ax.set_yticks(ys, methods)
+        ax.invert_yaxis()
+    fig.suptitle("training cost per method against full fine-tuning")
+    _save(fig, path)

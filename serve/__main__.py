@@ -40,6 +40,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     p.add_argument("--max-payload-bytes", type=int, default=64 << 20)
     p.add_argument("--threads", type=int, default=None, help="backend CPU threads")
+    p.add_argument(
+        "--precision",
+        choices=("fp32", "bf16"),
+        default="fp32",
+        help="the PyTorch backends' compute type (inputs and logits stay float32 on the wire)",
+    )
     p.add_argument("--shutdown-timeout", type=float, default=30.0, help="seconds to drain")
     p.add_argument(
         "--api-key-env",
@@ -61,9 +67,15 @@ def main(argv: list[str]) -> None:
     )
     if args.threads:
         torch.set_num_threads(args.threads)
-    models = load_all(args.model, args.backend, args.threads)
+    models = load_all(
+        args.model,
+        args.backend,
+        threads=args.threads,
+        precision=args.precision,
+        max_batch_size=args.max_batch_size,
+    )
     for name, model in models.items():
-        limit = getattr(model.backend, "max_batch_size", None)  # a TensorRT engine's profile
+        limit = getattr(model.backend, "max_batch_size", None)  # an engine's profile, CUDA graphs
         if limit and args.max_batch_size > limit:
             raise PipelineError(
                 f"{name}: the engine takes batches of at most {limit}; "

@@ -8,14 +8,15 @@ from pathlib import Path
 from typing import Any
 
 from pipeline import PipelineError
+from pipeline.config import TORCH_BACKENDS
 from pipeline.data import MEAN, STD
 from pipeline.export import files
-from serve.backends import Backend, TorchBackend, open_backend
+from serve.backends import Backend, open_backend, torch_backend
 
-BACKENDS = ("torch", "onnxruntime", "tensorrt")
+BACKENDS = (*TORCH_BACKENDS, "onnxruntime", "tensorrt")
 # the platform strings Triton reports, so its clients and dashboards read them as usual
 PLATFORMS = {
-    "torch": "pytorch_libtorch",
+    **dict.fromkeys(TORCH_BACKENDS, "pytorch_libtorch"),
     "onnxruntime": "onnxruntime_onnx",
     "tensorrt": "tensorrt_plan",
 }
@@ -109,9 +110,10 @@ def split_spec(spec: str) -> tuple[str, Path]:
 
 def _resolve(path: Path, kind: str) -> Path:
     """The file a backend opens: a folder stands for the export layout's file in it."""
-    if kind != "torch" and path.is_dir():
+    torch_kind = kind in TORCH_BACKENDS
+    if not torch_kind and path.is_dir():
         path = path / DEFAULT_FILE[kind]
-    if kind == "torch" and path.is_file():
+    if torch_kind and path.is_file():
         path = path.parent  # model.safetensors / adapter.json etc.: their folder
     if not path.exists():
         raise PipelineError(f"{path}: no such model file or folder")
@@ -134,18 +136,30 @@ def _torch_model(folder: Path) -> tuple[Any, list[str]]:
     )
 
 
-def load(spec: str, kind: str, threads: int | None = None) -> ServedModel:
-    """Open one `--model` argument on backend `kind`."""
+def load(
+    spec: str,
+    kind: str,
+    threads: int | None = None,
+    precision: str = "fp32",
+    max_batch_size: int = 64,
+) -> ServedModel:
+    """Open one `--model` argument on backend `kind`; `precision` is the PyTorch backends'
+    (fp32 or bf16), `max_batch_size` the largest batch a CUDA graph is captured for."""
     from pipeline.export.metadata import CLASSES, IMAGE_MEAN, IMAGE_STD, read_preprocessing
 
     if kind not in BACKENDS:
         raise PipelineError(f"unknown backend {kind!r} (one of {', '.join(BACKENDS)})")
     name, path = split_spec(spec)
     path = _resolve(path, kind)
-    if kind == "torch":
+    if kind in TORCH_BACKENDS:
         model, classes = _torch_model(path)
-        backend: Backend = TorchBackend(model)
+        backend: Backend = torch_backend(kind, model, precision, max_batch_size)
         meta: dict[str, list] = {}
+    elif precision != "fp32":
+        raise PipelineError(
+            f"precision {precision}: only the PyTorch backends ({', '.join(TORCH_BACKENDS)}) "
+            f"take one; {kind} runs the exported float32 graph"
+        )
     else:
         backend = open_backend(kind, path, threads)
         # an engine carries no metadata: the ONNX it was built from sits beside it
@@ -165,11 +179,12 @@ def load(spec: str, kind: str, threads: int | None = None) -> ServedModel:
     )
 
 
-def load_all(specs: list[str], kind: str, threads: int | None = None) -> dict[str, ServedModel]:
-    """Every `--model`, by name; two models under one name is an error that says how to fix it."""
+def load_all(specs: list[str], kind: str, **options: Any) -> dict[str, ServedModel]:
+    """Every `--model`, by name (`options` as `load` takes them); two models under one name is
+    an error that says how to fix it."""
     out: dict[str, ServedModel] = {}
     for spec in specs:
-        model = load(spec, kind, threads)
+        model = load(spec, kind, **options)
         if model.name in out:
             raise PipelineError(
                 f"two models are named {model.name!r} ({out[model.name].path} and {model.path}): "

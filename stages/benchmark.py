@@ -15,7 +15,7 @@ from pipeline import PipelineError, paths
 from pipeline.artifacts import deployables, load_deployable, load_task, merges
 from pipeline.bench import measure
 from pipeline.cli import run_stage
-from pipeline.config import Params, load_params
+from pipeline.config import TORCH_BACKENDS, Params, load_params
 from pipeline.data import to_tensor
 from pipeline.export import files, tensorrt
 from pipeline.export.files import artefacts
@@ -86,7 +86,7 @@ def main(argv: list[str]) -> None:
 def _served_paths(variant: Variant, backend: str) -> dict[str, Path]:
     """The files a server of `backend` opens for a variant's merged and unmerged forms."""
     merged = variant.merged_name
-    if backend == "torch":
+    if backend in TORCH_BACKENDS:
         return {merged: paths.MERGED / merged, variant.name: variant.folder}
     if backend == "tensorrt":  # engines are built for what ships: the merged form
         plan = paths.ONNX / merged / files.PLAN
@@ -144,6 +144,8 @@ def served(params: Params, variants: list[Variant], in_process: list[dict]) -> t
         models = {k: v for pair in pairs for k, v in _served_paths(pair, backend).items()}
         if backend == "tensorrt" and (reason := tensorrt.unavailable()):
             print(f"served tensorrt: skipped ({reason})")
+        elif backend == "cuda-graph" and not torch.cuda.is_available():
+            print("served cuda-graph: skipped (no CUDA GPU here)")
         elif models:
             rows += serve(backend, models, load_cfg)
     probe = pairs[0].merged_name

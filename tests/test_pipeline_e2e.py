@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
+TINY_VIT = {"patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2}
 TINY_PARAMS = {
     "data": {"image_size": 16},
     "pretrain": {"num_classes": 4, "samples_per_class": 40, "epochs": 1, "batch_size": 64},
@@ -53,6 +54,14 @@ TINY_PARAMS = {
         "warmup": 1,
         "iterations": 3,
         "reference": {"arch": "vit_tiny_patch16_224", "image_size": 32, "calibration_images": 2},
+        "training": {
+            "model": {"arch": "vit_tiny_patch16_224", "kwargs": TINY_VIT},
+            "idat_teacher": {"arch": "vit_tiny_patch16_224", "kwargs": {**TINY_VIT, "depth": 1}},
+            "image_size": 16,
+            "batch_size": 8,
+            "warmup": 1,
+            "steps": 2,
+        },
         "serve": {
             "backends": ["torch", "onnxruntime"],
             "variants": ["student-lora"],
@@ -190,10 +199,33 @@ def test_metrics_contracts(project):
     assert reference["fused_ops"]["Attention"] == 12  # vit_tiny: 12 blocks
     assert reference["speedup_over_torch"]["onnxruntime-int8@1"] > 0
     assert "MatMul" in reference["profile_ms"]["onnxruntime-optimized"]
+    compiled = next(r for r in reference["rows"] if r["backend"] == "torch-compile")
+    assert compiled["max_abs_diff_vs_torch"] < 1e-4 and compiled["throughput"] > 0
+    # vit_tiny at 32: 5 tokens; the counted FLOPs give the achieved rate
+    assert 0.01 < reference["gflop_per_image"] < 0.1
+    assert compiled["tflops"] == pytest.approx(
+        compiled["throughput"] * reference["gflop_per_image"] / 1e3
+    )
+
+    training = _json(project, "train_benchmark.json")
+    rows = {r["method"]: r for r in training["rows"]}
+    assert list(rows) == ["full", "lora", "arc", "consolidator", "idat"]
+    assert all(r["images_per_s"] > 0 and r["memory_source"] == "accounted" for r in rows.values())
+    assert rows["full"]["params_trainable"] == rows["full"]["params_total"]
+    for method in ("lora", "arc", "consolidator"):
+        assert rows[method]["optimizer_mib"] < rows["full"]["optimizer_mib"]
+        assert 0 < training["over_full"][method]["peak_memory"] < 1
 
 
 def test_outputs_people_look_at(project):
-    pngs = ("confusion.png", "benchmark.png", "merge_speedup.png", "reference.png", "serving.png")
+    pngs = (
+        "confusion.png",
+        "benchmark.png",
+        "merge_speedup.png",
+        "reference.png",
+        "serving.png",
+        "train_benchmark.png",
+    )
     for png in (f"plots/{name}" for name in pngs):
         assert (project / png).read_bytes().startswith(b"\x89PNG")
     rows = json.loads((project / "plots/confusion/student-lora.json").read_text())

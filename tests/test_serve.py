@@ -552,20 +552,46 @@ def test_torch_backend_serves_a_model_folder(model_dir):
     np.testing.assert_allclose(logits, _direct(model_dir, x), atol=1e-4)
 
 
+def test_torch_compile_backend_serves_the_eager_logits_at_every_batch_size(model_dir):
+    folder = model_dir / "torch" / "tiny-merged"
+    expected = TorchBackend(models.load_model(folder), device="cpu")
+    args = ["--backend", "torch-compile", "--model", str(folder), "--threads", "1"]
+    with ServerProcess(args) as s:  # compiles before it listens: no request waits for it
+        for n in (1, 3, 5):
+            x = _batch(n, seed=n)
+            np.testing.assert_allclose(_infer(s.url, "tiny-merged", x), expected.run(x), atol=1e-4)
+        config = json.loads(_http(f"{s.url}/v2/models/tiny-merged/config")[2])
+    assert config["platform"] == "pytorch_libtorch"
+
+
+def _refused(*args: str) -> str:
+    """stderr of a server that must exit at start with a one-line error."""
+    run = subprocess.run(
+        [sys.executable, "-m", "serve", *args], capture_output=True, text=True, timeout=120
+    )
+    assert run.returncode == 1
+    assert len(run.stderr.strip().splitlines()) == 1 and run.stderr.startswith("error:")
+    return run.stderr
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is present")
+def test_cuda_graph_backend_fails_cleanly_without_a_gpu(model_dir):
+    folder = str(model_dir / "torch" / "tiny-merged")
+    assert "needs a CUDA GPU" in _refused("--backend", "cuda-graph", "--model", folder)
+
+
+def test_bf16_is_refused_for_an_exported_graph(model_dir):
+    onnx = str(model_dir / "tiny-merged" / files.ONNX)
+    err = _refused("--precision", "bf16", "--model", onnx)
+    assert "only the PyTorch backends" in err and "float32 graph" in err
+
+
 @pytest.mark.skipif(tensorrt.unavailable() is None, reason="TensorRT runs here")
 def test_tensorrt_backend_fails_cleanly_without_a_gpu(tmp_path):
     plan = tmp_path / "m" / files.PLAN
     plan.parent.mkdir()
     plan.write_bytes(b"engine")
-    run = subprocess.run(
-        [sys.executable, "-m", "serve", "--backend", "tensorrt", "--model", str(plan)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert run.returncode == 1
-    assert run.stderr.strip().startswith("error:") and "cannot run here" in run.stderr
-    assert len(run.stderr.strip().splitlines()) == 1
+    assert "cannot run here" in _refused("--backend", "tensorrt", "--model", str(plan))
 
 
 def test_shutdown_drains_requests_in_flight(model_dir):

@@ -60,11 +60,12 @@ def lr_at(step: int, total: int, warmup: int, base: float, min_ratio: float = 0.
     return base * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * t)))
 
 
-def _cross_entropy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def cross_entropy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(model(x), y)
 
 
-def _autocast(device: torch.device, enabled: bool):
+def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA when `enabled` (train.amp); float32 elsewhere."""
     if enabled and device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
@@ -116,7 +117,28 @@ def _join(model: nn.Module, start: int, desc: str) -> None:
     distributed.broadcast_state(model)
 
 
-def _step(
+def make_optimizer(
+    model: nn.Module, cfg: TrainConfig, desc: str = "train"
+) -> tuple[torch.optim.Optimizer, list[nn.Parameter]]:
+    """AdamW over the parameters that require grad, and those parameters. One parameter group
+    per sub-model (iDAT's student and teacher), each clipped on its own."""
+    groups = [
+        [p for p in m.parameters() if p.requires_grad]
+        for m in getattr(model, "param_group_modules", lambda: [model])()
+    ]
+    trainable = [p for g in groups for p in g]
+    if not trainable:
+        raise PipelineError(f"{desc}: the model has no trainable parameters")
+    optimizer = torch.optim.AdamW(
+        [{"params": g} for g in groups if g],
+        lr=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        betas=tuple(cfg.betas),
+    )
+    return optimizer, trainable
+
+
+def train_step(
     model: nn.Module,
     loss_fn: LossFn,
     x: torch.Tensor,
@@ -129,7 +151,7 @@ def _step(
     loss_sum, count = 0.0, len(y)
     optimizer.zero_grad(set_to_none=True)
     if count:  # a rank's share of a last batch shorter than the world can be empty
-        with _autocast(x.device, cfg.amp):
+        with autocast(x.device, cfg.amp):
             loss = loss_fn(model, x, y)
         loss.backward()
         loss_sum = loss.item() * count
@@ -152,7 +174,7 @@ def fit(
     checkpoint_dir: str | Path,
     live_dir: str | Path | None = None,
     desc: str = "train",
-    loss_fn: LossFn = _cross_entropy,
+    loss_fn: LossFn = cross_entropy,
     fingerprint: dict[str, Any] | None = None,
     on_epoch_end: Callable[[int], None] | None = None,
     evaluate_fn: Callable[[nn.Module], tuple[float, float]] | None = None,
@@ -176,20 +198,7 @@ def fit(
         )
     device = pick_device()
     model.to(device)
-    # one parameter group per sub-model (iDAT's student and teacher), each clipped on its own
-    groups = [
-        [p for p in m.parameters() if p.requires_grad]
-        for m in getattr(model, "param_group_modules", lambda: [model])()
-    ]
-    trainable = [p for g in groups for p in g]
-    if not trainable:
-        raise PipelineError(f"{desc}: the model has no trainable parameters")
-    optimizer = torch.optim.AdamW(
-        [{"params": g} for g in groups if g],
-        lr=cfg.lr,
-        weight_decay=cfg.weight_decay,
-        betas=tuple(cfg.betas),
-    )
+    optimizer, trainable = make_optimizer(model, cfg, desc)
     checkpoint_dir = Path(checkpoint_dir)
     key = _fingerprint(model, cfg, seed, (len(train), len(val)), fingerprint)
 
@@ -245,7 +254,7 @@ def fit(
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                loss_sum, count = _step(model, loss_fn, x, y, optimizer, cfg, trainable)
+                loss_sum, count = train_step(model, loss_fn, x, y, optimizer, cfg, trainable)
                 running += loss_sum
                 seen += count
                 bar.set_postfix(loss=f"{running / seen:.4f}", lr=f"{lr:.2e}")
