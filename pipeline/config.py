@@ -437,13 +437,17 @@ def _check_training_bench(cfg: TrainingBenchConfig, methods: tuple[str, ...]) ->
 
     for key in ("model", "idat_teacher"):
         check_arch(getattr(cfg, key).arch, f"benchmark.training.{key}.arch")
-    known = ("full", "idat", *methods)
-    for name in (*cfg.methods, cfg.idat_method):
-        if name not in known or (name == cfg.idat_method and name in ("full", "idat")):
+    for name in cfg.methods:
+        if name not in ("full", "idat", *methods):
             raise ConfigError(
-                f"benchmark.training: unknown method {name!r} (full, idat or one of "
-                f"{', '.join(methods)}; idat_method is an adapter method)"
+                f"benchmark.training: unknown method {name!r} "
+                f"(full, idat or one of {', '.join(methods)})"
             )
+    if cfg.idat_method not in methods:
+        raise ConfigError(
+            f"benchmark.training.idat_method: {cfg.idat_method!r} is not an adapter method "
+            f"(one of {', '.join(methods)})"
+        )
 
 
 def _check_shares(params: Params, wecolora: TrainConfig) -> None:

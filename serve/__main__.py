@@ -12,6 +12,7 @@ import torch
 
 from pipeline import PipelineError
 from pipeline.cli import run_stage
+from serve.backends import PRECISIONS
 from serve.models import BACKENDS, load_all
 from serve.server import ServerConfig, create_app
 
@@ -42,7 +43,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None, help="backend CPU threads")
     p.add_argument(
         "--precision",
-        choices=("fp32", "bf16"),
+        choices=tuple(PRECISIONS),
         default="fp32",
         help="the PyTorch backends' compute type (inputs and logits stay float32 on the wire)",
     )

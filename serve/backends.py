@@ -80,11 +80,10 @@ class CompiledTorchBackend(TorchBackend):
         device: str | None = None,
         precision: str = "fp32",
         dynamic: bool = True,
-        mode: str | None = None,
     ) -> None:
         super().__init__(model, device, precision)
         self.dynamic = dynamic
-        self.compiled = torch.compile(self.model, mode=mode, dynamic=None if dynamic else False)
+        self.compiled = torch.compile(self.model, dynamic=None if dynamic else False)
         if dynamic:
             for size in (2, 1):  # batch 1 gets its own graph: compilers specialise size 1
                 self.run(np.zeros((size, *self.input_shape), np.float32))

@@ -87,3 +87,5 @@ def test_the_benchmark_builds_each_method_as_it_trains():
 def test_an_unknown_benchmark_method_is_a_config_error():
     with pytest.raises(ConfigError, match=r"benchmark\.training: unknown method 'bitfit'"):
         _params({"methods": ["full", "bitfit"]})
+    with pytest.raises(ConfigError, match=r"idat_method: 'full' is not an adapter method"):
+        _params({"idat_method": "full"})

@@ -43,7 +43,7 @@ def saved_activation_bytes(model: nn.Module, forward: Callable[[], torch.Tensor]
 
     def pack(t: torch.Tensor) -> torch.Tensor:
         ptr, size = _storage(t)
-        if ptr not in params and t.device.type != "meta":
+        if ptr not in params:
             saved[ptr] = size
         return t
 
