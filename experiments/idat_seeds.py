@@ -8,7 +8,6 @@ Writes metrics/idat_seeds.json: per seed the test top-1 of both, and mean ± std
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import tempfile
 
 import numpy as np
@@ -31,17 +30,13 @@ def main() -> None:
     args = parser.parse_args()
     base = load_params()
     if args.kd:
-        base = dataclasses.replace(
-            base,
-            distill=dataclasses.replace(
-                base.distill, idat=dataclasses.replace(base.distill.idat, kd=args.kd)
-            ),
-        )
+        idat = base.distill.idat.model_copy(update={"kd": args.kd})  # argparse checked it
+        base = base.model_copy(update={"distill": base.distill.model_copy(update={"idat": idat})})
     train, val, test = load_task("train", "val", "test")
     k = len(train.classes)
     rows = []
     for seed in args.seeds:
-        params = dataclasses.replace(base, seed=seed)
+        params = base.model_copy(update={"seed": seed})
         variant = parse_variant(f"student-{args.method}-idat", params)
         runs = {}
         with tempfile.TemporaryDirectory() as tmp:

@@ -11,7 +11,6 @@ its task. <out>/<method>.md is the table, beside the published rows.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import tempfile
 import time
@@ -66,7 +65,7 @@ def settings(params: Params, variant: Variant) -> dict[str, Any]:
         "options": params.adapters.get(variant.method, {}),
         "recipe": {  # the method's own: other variants and rates do not matter here
             k: v
-            for k, v in dataclasses.asdict(build.recipe(params, variant.method)).items()
+            for k, v in build.recipe(params, variant.method).model_dump().items()
             if k not in ("variants", "method_lr")
         },
         "backbone": {

@@ -19,9 +19,6 @@ from pipeline.data import ImageSet, load_split
 from pipeline.io import read_json, save_tensors, write_json
 from pipeline.variants import Variant
 
-ADAPTER_FILE = "adapter.safetensors"
-ADAPTER_META = "adapter.json"
-
 
 def save_variant(
     folder: str | Path,
@@ -35,7 +32,7 @@ def save_variant(
 ) -> None:
     """Save a trained variant: its compact state and how to rebuild it."""
     folder = Path(folder)
-    save_tensors(folder / ADAPTER_FILE, adapters.trainable_state(model))
+    save_tensors(folder / paths.ADAPTER_FILE, adapters.trainable_state(model))
     meta = {
         "variant": name,
         "backbone": str(backbone),
@@ -45,19 +42,36 @@ def save_variant(
         "history": history,
         **extra,
     }
-    write_json(folder / ADAPTER_META, {**meta, **adapters.adapter_spec(model)})
+    write_json(folder / paths.ADAPTER_META, {**meta, **adapters.adapter_spec(model)})
 
 
 def load_variant(folder: str | Path) -> tuple[VisionTransformer, dict[str, Any]]:
     """Rebuild a trained variant: frozen backbone + injected adapters + trained weights."""
     folder = Path(folder)
-    if not (folder / ADAPTER_META).is_file():
+    if not (folder / paths.ADAPTER_META).is_file():
         raise PipelineError(f"{folder}: no trained variant there (run the train stage first)")
-    meta = read_json(folder / ADAPTER_META)
+    meta = read_json(folder / paths.ADAPTER_META)
     model = models.load_model(meta["backbone"], num_classes=meta["num_classes"])
     adapters.inject(model, meta["method"], **meta["options"])
-    adapters.load_trainable(model, load_file(str(folder / ADAPTER_FILE)))
+    adapters.load_trainable(model, load_file(str(folder / paths.ADAPTER_FILE)))
     return model.eval(), meta
+
+
+def load_torch_folder(folder: str | Path) -> tuple[torch.nn.Module, list[str]]:
+    """A PyTorch model and its classes from a model folder (a plain or merged ViT:
+    `model.json`) or a trained variant's folder (`adapter.json`)."""
+    folder = Path(folder)
+    if (folder / paths.MODEL_META).is_file():
+        return models.load_model(folder).eval(), read_json(folder / paths.MODEL_META).get(
+            "classes", []
+        )
+    if (folder / paths.ADAPTER_META).is_file():
+        model, meta = load_variant(folder)
+        return model, meta.get("classes", [])
+    raise PipelineError(
+        f"{folder}: not a model folder ({paths.MODEL_META} + {paths.MODEL_FILE}) "
+        f"nor a trained variant's folder ({paths.ADAPTER_META})"
+    )
 
 
 def merges(variant: Variant) -> bool:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +27,7 @@ def recipe(params: Params, method: str, base: TrainConfig | None = None) -> Trai
     base = base or params.train
     if method not in base.method_lr:
         return base
-    return dataclasses.replace(base, lr=base.method_lr[method])
+    return base.model_copy(update={"lr": base.method_lr[method]})
 
 
 def run_dirs(stage: str, name: str) -> dict[str, Path]:

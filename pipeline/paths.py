@@ -16,3 +16,10 @@ METRICS = Path("metrics")
 PLOTS = Path("plots")
 LIVE = Path("dvclive")
 CHECKPOINTS = Path("checkpoints")
+
+# the files of a saved model folder (plain or merged ViT) and of a trained variant's folder;
+# an exported model's files are listed in pipeline.manifest
+MODEL_FILE = "model.safetensors"  # a state dict with timm's own keys
+MODEL_META = "model.json"  # arch, kwargs, classes: how to rebuild it
+ADAPTER_FILE = "adapter.safetensors"  # only what the method trained
+ADAPTER_META = "adapter.json"  # the backbone folder, the method and its options

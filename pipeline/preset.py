@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import dataclasses
 import re
 import shlex
 import shutil
@@ -26,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import BaseModel
 
 from pipeline.artifacts import merges
 from pipeline.cli import run_stage
@@ -38,13 +38,15 @@ DATA_FOLDERS = {  # data.source: what --data names, and how it looks
 }
 
 
-def _sections(cls: type) -> dict[str, dict]:
-    """The schema's nested sections: fields whose type is itself a dataclass."""
-    hints = typing.get_type_hints(cls)
+def _sections(cls: type[BaseModel]) -> dict[str, dict]:
+    """The schema's nested sections: fields whose type is itself a model."""
     return {
-        f.name: _sections(hints[f.name])
-        for f in dataclasses.fields(cls)
-        if dataclasses.is_dataclass(hints[f.name])
+        name: _sections(f.annotation)
+        for name, f in cls.model_fields.items()
+        # without get_origin, Python 3.10 takes a generic alias (dict[str, X]) for a class
+        if isinstance(f.annotation, type)
+        and not typing.get_origin(f.annotation)
+        and issubclass(f.annotation, BaseModel)
     }
 
 

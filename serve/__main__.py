@@ -12,8 +12,9 @@ import torch
 
 from pipeline import PipelineError
 from pipeline.cli import run_stage
-from serve.backends import PRECISIONS
-from serve.models import BACKENDS, load_all
+from pipeline.runtime import BACKENDS
+from pipeline.runtime.base import PRECISIONS
+from serve.models import load_all
 from serve.server import ServerConfig, create_app
 
 LISTENING = "listening on"  # the line a launcher waits for
@@ -43,7 +44,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None, help="backend CPU threads")
     p.add_argument(
         "--precision",
-        choices=tuple(PRECISIONS),
+        choices=PRECISIONS,
         default="fp32",
         help="the PyTorch backends' compute type (inputs and logits stay float32 on the wire)",
     )

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from serve.backends import Backend
+from pipeline.runtime import Backend
 from serve.metrics import ModelStats
 
 

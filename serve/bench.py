@@ -17,28 +17,15 @@ import asyncio
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from pipeline import PipelineError
 from pipeline.cli import run_stage
+from pipeline.config import LoadConfig, validate
 from pipeline.io import write_json
 from serve.protocol import encode_infer_request
-
-
-@dataclass(frozen=True)
-class LoadConfig:
-    concurrency: list[int] = field(default_factory=lambda: [1, 4, 16])
-    batch_size: int = 1  # images per request
-    window_ms: int = 1000
-    stability: float = 10.0  # percent
-    stable_windows: int = 3
-    max_windows: int = 10
-    warmup_s: float = 1.0
-    binary: bool = True  # the binary tensor extension; False sends JSON tensors
-    duration_s: float | None = None  # soak: measure this long, no stability rule
-    timeout_s: float = 60.0
 
 
 @dataclass
@@ -292,15 +279,20 @@ def load(url: str, models: list[str], cfg: LoadConfig, api_key: str | None = Non
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
+    default = {k: f.default for k, f in LoadConfig.model_fields.items()}
     p = argparse.ArgumentParser(prog="python -m serve.bench", description=__doc__)
     p.add_argument("--url", default="http://127.0.0.1:8000")
     p.add_argument("--model", action="append", required=True, help="repeat for several")
-    p.add_argument("--concurrency", default="1,4,16", help="comma-separated levels")
-    p.add_argument("--batch-size", type=int, default=1, help="images per request")
-    p.add_argument("--window-ms", type=int, default=1000)
-    p.add_argument("--stability", type=float, default=10.0, help="percent")
-    p.add_argument("--max-windows", type=int, default=10)
-    p.add_argument("--warmup-s", type=float, default=1.0)
+    p.add_argument(
+        "--concurrency",
+        default=",".join(map(str, default["concurrency"])),
+        help="comma-separated levels",
+    )
+    p.add_argument("--batch-size", type=int, default=default["batch_size"], help="per request")
+    p.add_argument("--window-ms", type=int, default=default["window_ms"])
+    p.add_argument("--stability", type=float, default=default["stability"], help="percent")
+    p.add_argument("--max-windows", type=int, default=default["max_windows"])
+    p.add_argument("--warmup-s", type=float, default=default["warmup_s"])
     p.add_argument("--json-tensors", action="store_true", help="JSON tensors instead of binary")
     p.add_argument("--duration", type=float, default=None, help="soak for this many seconds")
     p.add_argument("--output", default="serve_bench.json", help="JSON report (a PNG beside it)")
@@ -322,24 +314,23 @@ def main(argv: list[str]) -> None:
         raise PipelineError(
             f"--concurrency must be integers like 1,4,16: {args.concurrency!r}"
         ) from None
-    if not levels or min(levels) < 1 or args.batch_size < 1:
-        raise PipelineError("--concurrency levels and --batch-size must be >= 1")
-    cfg = LoadConfig(
-        concurrency=levels,
-        batch_size=args.batch_size,
-        window_ms=args.window_ms,
-        stability=args.stability,
-        max_windows=args.max_windows,
-        warmup_s=args.warmup_s,
-        binary=not args.json_tensors,
-        duration_s=args.duration,
-    )
+    settings = {
+        "concurrency": levels,
+        "batch_size": args.batch_size,
+        "window_ms": args.window_ms,
+        "stability": args.stability,
+        "max_windows": args.max_windows,
+        "warmup_s": args.warmup_s,
+        "binary": not args.json_tensors,
+        "duration_s": args.duration,
+    }
+    cfg = validate(LoadConfig, settings, "serve.bench")
     try:
         rows = load(args.url, args.model, cfg, os.environ.get(args.api_key_env) or None)
     except (OSError, asyncio.TimeoutError, aiohttp.ClientError) as e:
         raise PipelineError(f"{args.url}: cannot reach the server ({e!r})") from None
     out = Path(args.output)
-    write_json(out, {"url": args.url, "config": asdict(cfg), "rows": rows})
+    write_json(out, {"url": args.url, "config": cfg.model_dump(), "rows": rows})
     latency_throughput(rows, out.with_suffix(".png"))
     print(f"wrote {out} and {out.with_suffix('.png')}")
 

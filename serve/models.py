@@ -1,5 +1,11 @@
-"""The models a server holds: `--model [NAME=]PATH` resolved to a backend plus what the protocol
-reports about it (tensor names and shapes, classes, image normalisation)."""
+"""The models a server holds: `--model [NAME=]PATH` opened on a backend, plus what the protocol
+reports about it (tensor names and shapes, classes, image normalisation).
+
+PATH is an exported model's folder (its manifest says which file each backend runs and where
+the PyTorch model is), an exported file (an ONNX graph carries its classes and normalisation in
+its metadata), or, for the PyTorch backends, a model folder (`model.json`) or a trained variant
+folder (`adapter.json`).
+"""
 
 from __future__ import annotations
 
@@ -8,19 +14,13 @@ from pathlib import Path
 from typing import Any
 
 from pipeline import PipelineError
-from pipeline.config import TORCH_BACKENDS
 from pipeline.data import MEAN, STD
-from pipeline.export import files
-from serve.backends import Backend, open_backend, torch_backend
-
-BACKENDS = (*TORCH_BACKENDS, "onnxruntime", "tensorrt")
-# the platform strings Triton reports, so its clients and dashboards read them as usual
-PLATFORMS = {
-    **dict.fromkeys(TORCH_BACKENDS, "pytorch_libtorch"),
-    "onnxruntime": "onnxruntime_onnx",
-    "tensorrt": "tensorrt_plan",
-}
-DEFAULT_FILE = {"onnxruntime": files.ONNX, "tensorrt": files.PLAN}
+from pipeline.export.triton import model_config
+from pipeline.manifest import has_manifest, read_manifest
+from pipeline.runtime import BACKENDS, TORCH_BACKENDS, Backend
+from pipeline.runtime.base import PLATFORMS
+from pipeline.runtime.open import open_backend
+from pipeline.runtime.pytorch import torch_backend
 
 
 @dataclass
@@ -64,34 +64,18 @@ class ServedModel:
         }
 
     def config(self, max_batch_size: int, max_queue_delay_us: int, batching: bool) -> dict:
-        """Triton's model configuration (dims without the batch axis, as Triton gives them)."""
-        cfg: dict[str, Any] = {
-            "name": self.name,
-            "platform": PLATFORMS[self.kind],
-            "max_batch_size": max_batch_size,
-            "input": [
-                {
-                    "name": self.backend.input_name,
-                    "data_type": "TYPE_FP32",
-                    "format": "FORMAT_NCHW",
-                    "dims": list(self.input_shape),
-                }
-            ],
-            "output": [
-                {
-                    "name": self.backend.output_name,
-                    "data_type": "TYPE_FP32",
-                    "dims": [self.num_classes],
-                }
-            ],
-            "instance_group": [
-                {"count": 1, "kind": "KIND_GPU" if self.backend.on_gpu else "KIND_CPU"}
-            ],
-            "parameters": {"source": {"string_value": str(self.path)}},
-        }
-        if batching:
-            cfg["dynamic_batching"] = {"max_queue_delay_microseconds": max_queue_delay_us}
-        return cfg
+        """Triton's model configuration of this model as served (the repository's builder)."""
+        return model_config(
+            self.name,
+            PLATFORMS[self.kind],
+            self.input_shape,
+            self.num_classes,
+            max_batch_size,
+            max_queue_delay_us,
+            kind="KIND_GPU" if self.backend.on_gpu else "KIND_CPU",
+            batching=batching,
+            parameters={"source": str(self.path)},
+        )
 
 
 def split_spec(spec: str) -> tuple[str, Path]:
@@ -108,34 +92,6 @@ def split_spec(spec: str) -> tuple[str, Path]:
     return path.name.split(".")[0], path
 
 
-def _resolve(path: Path, kind: str) -> Path:
-    """The file a backend opens: a folder stands for the export layout's file in it."""
-    torch_kind = kind in TORCH_BACKENDS
-    if not torch_kind and path.is_dir():
-        path = path / DEFAULT_FILE[kind]
-    if torch_kind and path.is_file():
-        path = path.parent  # model.safetensors / adapter.json etc.: their folder
-    if not path.exists():
-        raise PipelineError(f"{path}: no such model file or folder")
-    return path
-
-
-def _torch_model(folder: Path) -> tuple[Any, list[str]]:
-    from pipeline import models
-    from pipeline.artifacts import ADAPTER_META, load_variant
-    from pipeline.io import read_json
-
-    if (folder / "model.json").is_file():  # a plain (or merged) ViT
-        return models.load_model(folder), read_json(folder / "model.json").get("classes", [])
-    if (folder / ADAPTER_META).is_file():  # an unmerged adapter variant
-        model, meta = load_variant(folder)
-        return model, meta.get("classes", [])
-    raise PipelineError(
-        f"{folder}: the torch backend takes a model folder (model.json + model.safetensors) "
-        f"or a trained variant folder ({ADAPTER_META})"
-    )
-
-
 def load(
     spec: str,
     kind: str,
@@ -145,27 +101,38 @@ def load(
 ) -> ServedModel:
     """Open one `--model` argument on backend `kind`; `precision` is the PyTorch backends'
     (fp32 or bf16), `max_batch_size` the largest batch a CUDA graph is captured for."""
+    from pipeline.artifacts import load_torch_folder
     from pipeline.export.metadata import CLASSES, IMAGE_MEAN, IMAGE_STD, read_preprocessing
 
     if kind not in BACKENDS:
         raise PipelineError(f"unknown backend {kind!r} (one of {', '.join(BACKENDS)})")
-    name, path = split_spec(spec)
-    path = _resolve(path, kind)
-    if kind in TORCH_BACKENDS:
-        model, classes = _torch_model(path)
-        backend: Backend = torch_backend(kind, model, precision, max_batch_size)
-        meta: dict[str, list] = {}
-    elif precision != "fp32":
+    if kind not in TORCH_BACKENDS and precision != "fp32":
         raise PipelineError(
             f"precision {precision}: only the PyTorch backends ({', '.join(TORCH_BACKENDS)}) "
             f"take one; {kind} runs the exported float32 graph"
         )
+    name, path = split_spec(spec)
+    if not path.exists():
+        raise PipelineError(f"{path}: no such model file or folder")
+    info: dict[str, Any] = {}
+    if has_manifest(path):
+        manifest = read_manifest(path)
+        info = {CLASSES: manifest.classes, IMAGE_MEAN: manifest.mean, IMAGE_STD: manifest.std}
+        path = manifest.torch_folder if kind in TORCH_BACKENDS else manifest.path(kind)
+    if kind in TORCH_BACKENDS:
+        model, classes = load_torch_folder(path.parent if path.is_file() else path)
+        info.setdefault(CLASSES, classes)
+        backend: Backend = torch_backend(kind, model, precision, max_batch_size)
     else:
+        if path.is_dir():
+            raise PipelineError(
+                f"{path}: a folder without a manifest; give the exported file, or the folder "
+                "the export stage wrote (models/onnx/<model>)"
+            )
         backend = open_backend(kind, path, threads)
-        # an engine carries no metadata: the ONNX it was built from sits beside it
-        source = path if kind == "onnxruntime" else path.parent / files.ONNX
-        meta = read_preprocessing(source) if source.is_file() else {}
-        classes = meta.get(CLASSES, [])
+        if not info and path.suffix == ".onnx":
+            info = read_preprocessing(path)
+    classes = info.get(CLASSES, [])
     if len(classes) != backend.num_classes:
         classes = [str(i) for i in range(backend.num_classes)]
     return ServedModel(
@@ -174,8 +141,8 @@ def load(
         kind=kind,
         backend=backend,
         classes=classes,
-        mean=tuple(meta.get(IMAGE_MEAN, MEAN)),
-        std=tuple(meta.get(IMAGE_STD, STD)),
+        mean=tuple(info.get(IMAGE_MEAN, MEAN)),
+        std=tuple(info.get(IMAGE_STD, STD)),
     )
 
 

@@ -3,8 +3,8 @@ import time
 import numpy as np
 import pytest
 
-from pipeline.bench import measure
 from pipeline.plots import confusion_grid, confusion_matrix, latency_bars
+from pipeline.runtime.latency import measure
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

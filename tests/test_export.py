@@ -5,7 +5,9 @@ import torch
 
 from pipeline import PipelineError, adapters
 from pipeline.export import export_onnx
-from serve.backends import OnnxRuntimeBackend, TorchBackend, ort_providers, run_batched
+from pipeline.runtime import run_batched
+from pipeline.runtime.ort import OnnxRuntimeBackend, ort_providers
+from pipeline.runtime.pytorch import TorchBackend
 from tests.conftest import images
 
 

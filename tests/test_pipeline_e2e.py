@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -283,11 +284,36 @@ def test_second_repro_does_nothing_and_experiments_run(project):
     assert "Data and pipelines are up to date" in again.stdout
     assert "Running stage" not in again.stdout
 
-    exp = _run(project, "dvc", "exp", "run", "-S", "train.epochs=1")
+    # an experiment reruns only what its change touches: here the served study alone
+    exp = _run(project, "dvc", "exp", "run", "-S", "benchmark.serve.concurrency=[2]")
     assert exp.returncode == 0, exp.stdout[-3000:] + exp.stderr[-3000:]
-    assert "Running stage 'backbone" not in exp.stdout  # only what the change touches reruns
-    meta = json.loads((project / "models/adapters/student-lora/adapter.json").read_text())
-    assert len(meta["history"]) == 1
+    assert re.findall(r"Running stage '([^']+)'", exp.stdout) == ["benchmark"]
+    served = [r for r in _json(project, "benchmark.json")["rows"] if r["transport"] == "http"]
+    assert served and {r["concurrency"] for r in served} == {2}
+
+
+def test_a_code_change_marks_exactly_the_stages_it_affects(project):
+    """The normalisation constants feed the loaders of training, so every training stage (and
+    what reads images) is changed; the stages that never import them are not."""
+    transforms = project / "pipeline/data/transforms.py"
+    original = transforms.read_text()
+    assert "MEAN = " in original
+    transforms.write_text(original.replace("MEAN = ", "MEAN = 0.25, 0.25, 0.25  # was ", 1))
+    try:
+        status = _run(project, "dvc", "status", "--json")
+        assert status.returncode == 0, status.stderr
+        changed = {
+            stage
+            for stage, entries in json.loads(status.stdout).items()
+            if any("changed deps" in e for e in entries if isinstance(e, dict))
+        }
+    finally:
+        transforms.write_text(original)
+    assert {"train@student-lora", "train@teacher-lora", "distill", "backbone@student"} <= changed
+    assert {"merge", "export", "evaluate", "benchmark", "continual"} <= changed
+    assert "train_benchmark" in changed  # its loop imports the loaders
+    clean = _run(project, "dvc", "status", "--json")
+    assert json.loads(clean.stdout) == {}, "restoring the file restores the lock's state"
 
 
 @pytest.mark.parametrize(

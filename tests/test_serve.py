@@ -22,11 +22,13 @@ import torch
 from PIL import Image
 
 from pipeline import PipelineError, models
-from pipeline.data import to_tensor
-from pipeline.export import export_onnx, files, tensorrt
+from pipeline.data import MEAN, STD, to_tensor
+from pipeline.export import export_onnx, tensorrt
 from pipeline.export.metadata import preprocessing
+from pipeline.manifest import KINDS, Manifest
+from pipeline.runtime.ort import OnnxRuntimeBackend
+from pipeline.runtime.pytorch import TorchBackend
 from serve import bench
-from serve.backends import OnnxRuntimeBackend, TorchBackend
 from serve.launch import ServerProcess
 from serve.models import load_all, split_spec
 from serve.protocol import (
@@ -53,9 +55,24 @@ def model_dir(tmp_path_factory) -> Path:
         with torch.no_grad():
             for p in model.parameters():
                 p.add_(torch.randn_like(p) * 0.05)
-        export_onnx(model, root / name / files.ONNX, 16, metadata=preprocessing(CLASSES))
-        if name == "tiny-merged":
-            models.save_model(root / "torch" / name, model, "vit_tiny_patch16_224", TINY, 5)
+        onnx = root / name / KINDS["onnxruntime"].file
+        export_onnx(model, onnx, 16, metadata=preprocessing(CLASSES))
+        models.save_model(root / "torch" / name, model, "vit_tiny_patch16_224", TINY, 5)
+        manifest = Manifest(
+            name=name,
+            variant="tiny",
+            shipped=name == "tiny-merged",
+            torch=f"../torch/{name}",
+            input_shape=list(SHAPE),
+            num_classes=len(CLASSES),
+            max_batch_size=MAX_BATCH,
+            classes=CLASSES,
+            mean=list(MEAN),
+            std=list(STD),
+            folder=onnx.parent,
+        )
+        manifest.add("onnxruntime", {})
+        manifest.write()
     return root
 
 
@@ -63,7 +80,7 @@ def model_dir(tmp_path_factory) -> Path:
 def server(model_dir):
     args = [
         "--model",
-        str(model_dir / "tiny-merged" / files.ONNX),
+        str(model_dir / "tiny-merged" / KINDS["onnxruntime"].file),
         "--model",
         f"unmerged={model_dir / 'tiny'}",
         "--max-batch-size",
@@ -80,7 +97,7 @@ def server(model_dir):
 
 
 def _direct(model_dir: Path, x: np.ndarray, name: str = "tiny-merged") -> np.ndarray:
-    return OnnxRuntimeBackend(model_dir / name / files.ONNX, threads=1).run(x)
+    return OnnxRuntimeBackend(model_dir / name / KINDS["onnxruntime"].file, threads=1).run(x)
 
 
 def _http(url: str, method: str = "GET", body: bytes | None = None, headers=None):
@@ -114,7 +131,10 @@ def test_model_names_follow_the_variant(tmp_path, model_dir):
     assert split_spec("exports/resnet.opt.onnx")[0] == "resnet"
     assert split_spec(f"a=b={tmp_path}") == ("a", Path(f"b={tmp_path}"))
     assert split_spec(str(model_dir / "tiny"))[0] == "tiny"
-    same = [str(model_dir / "tiny-merged" / files.ONNX), str(model_dir / "tiny-merged")]
+    same = [
+        str(model_dir / "tiny-merged" / KINDS["onnxruntime"].file),
+        str(model_dir / "tiny-merged"),
+    ]
     with pytest.raises(PipelineError, match="name them with NAME=PATH"):
         load_all(same, "onnxruntime")
     with pytest.raises(PipelineError, match="no such model"):
@@ -437,7 +457,7 @@ def _stats(url: str, model: str) -> dict:
 
 
 def test_dynamic_batching_runs_concurrent_requests_together_and_splits_them_back(model_dir):
-    onnx = str(model_dir / "tiny-merged" / files.ONNX)
+    onnx = str(model_dir / "tiny-merged" / KINDS["onnxruntime"].file)
     inputs = [_batch(1 + i % 2, seed=i) for i in range(10)]  # 15 images in 10 requests
     with ServerProcess(["--model", onnx, "--max-queue-delay-us", "300000", "--threads", "1"]) as s:
         results = _concurrently(s.url, "tiny-merged", inputs)
@@ -525,7 +545,7 @@ def test_metrics_count_requests_errors_batches_and_memory(server):
 
 
 def test_api_key_guards_everything_but_health(model_dir):
-    onnx = str(model_dir / "tiny-merged" / files.ONNX)
+    onnx = str(model_dir / "tiny-merged" / KINDS["onnxruntime"].file)
     with ServerProcess(["--model", onnx], env={"SERVE_API_KEY": "s3cret"}) as s:
         body, h = encode_infer_request("images", _batch(1))
         status, _, raw = _http(f"{s.url}/v2/models/tiny-merged/infer", "POST", body, h)
@@ -543,10 +563,15 @@ def test_api_key_guards_everything_but_health(model_dir):
 def test_torch_backend_serves_a_model_folder(model_dir):
     folder = model_dir / "torch" / "tiny-merged"
     x = _batch(3)
-    with ServerProcess(["--backend", "torch", "--model", str(folder), "--threads", "1"]) as s:
+    # the exported folder's manifest names the PyTorch model it came from
+    manifest = f"exported={model_dir / 'tiny-merged'}"
+    args = ["--backend", "torch", "--model", str(folder), "--model", manifest, "--threads", "1"]
+    with ServerProcess(args) as s:
         logits = _infer(s.url, "tiny-merged", x, binary=False)
+        via_manifest = _infer(s.url, "exported", x)
         config = json.loads(_http(f"{s.url}/v2/models/tiny-merged/config")[2])
     assert config["platform"] == "pytorch_libtorch"
+    np.testing.assert_array_equal(via_manifest, logits)
     expected = TorchBackend(models.load_model(folder), device="cpu").run(x)
     np.testing.assert_allclose(logits, expected, atol=1e-5)
     np.testing.assert_allclose(logits, _direct(model_dir, x), atol=1e-4)
@@ -581,21 +606,21 @@ def test_cuda_graph_backend_fails_cleanly_without_a_gpu(model_dir):
 
 
 def test_bf16_is_refused_for_an_exported_graph(model_dir):
-    onnx = str(model_dir / "tiny-merged" / files.ONNX)
+    onnx = str(model_dir / "tiny-merged" / KINDS["onnxruntime"].file)
     err = _refused("--precision", "bf16", "--model", onnx)
     assert "only the PyTorch backends" in err and "float32 graph" in err
 
 
 @pytest.mark.skipif(tensorrt.unavailable() is None, reason="TensorRT runs here")
 def test_tensorrt_backend_fails_cleanly_without_a_gpu(tmp_path):
-    plan = tmp_path / "m" / files.PLAN
+    plan = tmp_path / "m" / KINDS["tensorrt"].file
     plan.parent.mkdir()
     plan.write_bytes(b"engine")
     assert "cannot run here" in _refused("--backend", "tensorrt", "--model", str(plan))
 
 
 def test_shutdown_drains_requests_in_flight(model_dir):
-    onnx = str(model_dir / "tiny-merged" / files.ONNX)
+    onnx = str(model_dir / "tiny-merged" / KINDS["onnxruntime"].file)
     inputs = [_batch(1, seed=i) for i in range(4)]
     # a long queue delay keeps the requests waiting in the server when SIGTERM arrives
     server = ServerProcess(["--model", onnx, "--max-queue-delay-us", "1500000", "--threads", "1"])

@@ -8,7 +8,7 @@ import torch
 from pipeline import PipelineError, adapters
 from pipeline.data import loader
 from pipeline.export.fusable import fusable
-from serve.backends import (
+from pipeline.runtime.pytorch import (
     CompiledTorchBackend,
     CudaGraphBackend,
     TorchBackend,

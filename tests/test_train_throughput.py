@@ -12,7 +12,7 @@ from pipeline import adapters
 from pipeline.config import ConfigError, TrainConfig, parse_params
 from pipeline.train.loop import cross_entropy
 from pipeline.train.throughput import MIB, Workload, measure_training, saved_activation_bytes
-from stages.train_benchmark import workload
+from pipeline.training_benchmark import workload
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = TrainConfig(lr=1e-3, amp=False)

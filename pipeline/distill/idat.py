@@ -9,8 +9,6 @@ its teacher never steps).
 
 from __future__ import annotations
 
-import dataclasses
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -83,7 +81,7 @@ def run(params: Params, variant: Variant, train: ImageSet, val: ImageSet) -> lis
         **build.run_dirs("distill", variant.name),
         loss_fn=loss(cfg.kd, cfg.temperature),
         fingerprint=build.fingerprint(
-            variant.name, pair.student, paths.BACKBONES, idat=dataclasses.asdict(cfg)
+            variant.name, pair.student, paths.BACKBONES, idat=cfg.model_dump()
         ),
     )
     if not is_main():

@@ -3,8 +3,6 @@ task-loss weight, distill-loss weight, temperature)."""
 
 from __future__ import annotations
 
-import dataclasses
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -56,7 +54,7 @@ def run(params: Params, variant: Variant, train: ImageSet, val: ImageSet) -> lis
             student,
             paths.BACKBONES / "student",
             parse_variant(cfg.teacher, params).folder,
-            kd=dataclasses.asdict(cfg),
+            kd=cfg.model_dump(),
         ),
     )
     if is_main():

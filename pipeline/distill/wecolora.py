@@ -9,8 +9,6 @@ all tokens; options `per_block` (student block j against teacher block j·r + 1)
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import torch
 from timm.models.vision_transformer import VisionTransformer
@@ -99,7 +97,7 @@ def run(params: Params, variant: Variant, train: ImageSet, val: ImageSet) -> lis
     cfg = params.distill.wecolora
     teacher_dir = paths.BACKBONES / "teacher"
     teacher = models.load_model(teacher_dir)
-    spec = read_json(teacher_dir / "model.json")
+    spec = read_json(teacher_dir / paths.MODEL_META)
     try:
         kept = kept_blocks(len(teacher.blocks), cfg.ratio, cfg.keep)
     except ValueError as e:
@@ -136,7 +134,7 @@ def run(params: Params, variant: Variant, train: ImageSet, val: ImageSet) -> lis
             loss_fn=feature_loss,
             evaluate_fn=val_feature_loss,
             fingerprint=build.fingerprint(
-                variant.name, student, teacher_dir, wecolora=dataclasses.asdict(cfg)
+                variant.name, student, teacher_dir, wecolora=cfg.model_dump()
             ),
         )
     # the task head: a linear probe on the CLS token of the distilled, now frozen, student

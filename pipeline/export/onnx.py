@@ -11,8 +11,8 @@ from pathlib import Path
 import onnx
 import torch
 
-INPUT_NAME = "images"
-OUTPUT_NAME = "logits"
+from pipeline.manifest import INPUT_NAME, OUTPUT_NAME
+
 # protobuf caps a file at 2 GiB (graph included): above this the weights go to `<file>.data`
 EXTERNAL_DATA_BYTES = 1 << 30
 

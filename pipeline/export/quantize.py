@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from pipeline.export.onnx import INPUT_NAME
 from pipeline.io import atomic_path
+from pipeline.manifest import INPUT_NAME
 
 # What INT8 covers: the projections (inside fused Attention too). The patch-embedding Conv stays
 # fp32: ONNX Runtime's ConvInteger is slower on CPU than the fp32 Conv it would replace.

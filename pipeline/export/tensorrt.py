@@ -10,21 +10,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from pipeline import PipelineError
-from pipeline.export.onnx import INPUT_NAME
 from pipeline.io import atomic_path
+from pipeline.manifest import INPUT_NAME
+from pipeline.runtime.tensorrt import unavailable
 
-
-def unavailable() -> str | None:
-    """Why no engine can be built here, or None when TensorRT and a CUDA GPU are present."""
-    import torch
-
-    try:
-        import tensorrt  # noqa: F401
-    except ImportError:
-        return "the tensorrt package is not installed (pip install '.[tensorrt]')"
-    if not torch.cuda.is_available():
-        return "no CUDA GPU"
-    return None
+__all__ = ["build_engine", "unavailable"]
 
 
 def weakly_typed_fp16() -> bool:

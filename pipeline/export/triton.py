@@ -1,85 +1,128 @@
-"""A Triton Inference Server model repository: `tritonserver --model-repository <repo>`.
+"""Triton's model configuration, built once: rendered to `config.pbtxt` for a Triton model
+repository (`tritonserver --model-repository models/triton`) and returned as JSON by the
+server's `/v2/models/{m}/config` route.
 
-Each model is `<repo>/<name>/config.pbtxt` + `<repo>/<name>/1/model.onnx` (platform
-onnxruntime_onnx); an engine goes in its own model, `<name>-tensorrt/1/model.plan`, since a
-Triton model has exactly one platform.
+A repository model is `<repo>/<name>/config.pbtxt` + `<repo>/<name>/1/model.<ext>`; an engine
+goes in a model of its own (`<name>-tensorrt`), since a Triton model has exactly one platform.
 """
 
 from __future__ import annotations
 
+import json
+import re
 import shutil
 from pathlib import Path
+from typing import Any
 
-from pipeline.export.onnx import INPUT_NAME, OUTPUT_NAME
 from pipeline.io import atomic_dir
+from pipeline.manifest import INPUT_NAME, OUTPUT_NAME, Manifest
+from pipeline.runtime.base import PLATFORMS
 
-PLATFORMS = {".onnx": "onnxruntime_onnx", ".plan": "tensorrt_plan"}
+_ENUM = re.compile(r"(TYPE|KIND|FORMAT)_[A-Z0-9_]+")  # written bare in protobuf text
+
+
+def preferred_batch_sizes(max_batch_size: int) -> list[int]:
+    return sorted({b for b in (1, 8, 32, max_batch_size) if b <= max_batch_size})
 
 
 def model_config(
     name: str,
     platform: str,
-    image_size: int,
+    input_shape: list[int] | tuple[int, ...],
     num_classes: int,
     max_batch_size: int,
     max_queue_delay_us: int,
-) -> str:
-    """config.pbtxt text: batch axis implicit (max_batch_size > 0), dynamic batching on."""
-    preferred = sorted({b for b in (1, 8, 32, max_batch_size) if b <= max_batch_size})
-    return f"""name: "{name}"
-platform: "{platform}"
-max_batch_size: {max_batch_size}
-input [
-  {{
-    name: "{INPUT_NAME}"
-    data_type: TYPE_FP32
-    dims: [ 3, {image_size}, {image_size} ]
-  }}
-]
-output [
-  {{
-    name: "{OUTPUT_NAME}"
-    data_type: TYPE_FP32
-    dims: [ {num_classes} ]
-  }}
-]
-dynamic_batching {{
-  preferred_batch_size: [ {", ".join(map(str, preferred))} ]
-  max_queue_delay_microseconds: {max_queue_delay_us}
-}}
-instance_group [
-  {{
-    count: 1
-    kind: {"KIND_GPU" if platform == "tensorrt_plan" else "KIND_AUTO"}
-  }}
-]
-"""
+    kind: str = "KIND_AUTO",
+    batching: bool = True,
+    parameters: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """Triton's model configuration in its JSON form; dims leave out the batch axis, which
+    max_batch_size > 0 makes implicit."""
+    config: dict[str, Any] = {
+        "name": name,
+        "platform": platform,
+        "max_batch_size": max_batch_size,
+        "input": [
+            {
+                "name": INPUT_NAME,
+                "data_type": "TYPE_FP32",
+                "format": "FORMAT_NCHW",
+                "dims": list(input_shape),
+            }
+        ],
+        "output": [{"name": OUTPUT_NAME, "data_type": "TYPE_FP32", "dims": [num_classes]}],
+        "instance_group": [{"count": 1, "kind": kind}],
+    }
+    if batching:
+        config["dynamic_batching"] = {
+            "preferred_batch_size": preferred_batch_sizes(max_batch_size),
+            "max_queue_delay_microseconds": max_queue_delay_us,
+        }
+    if parameters:
+        config["parameters"] = {k: {"string_value": v} for k, v in parameters.items()}
+    return config
 
 
-def add_model(
-    repo: str | Path,
-    name: str,
-    model_file: str | Path,
-    image_size: int,
-    num_classes: int,
-    max_batch_size: int,
-    max_queue_delay_us: int,
-) -> Path:
-    """Copy `model_file` (.onnx, with its external data, or .plan) into `repo` as model `name`
-    version 1, with its config; replaces an older copy whole."""
-    model_file = Path(model_file)
-    platform = PLATFORMS[model_file.suffix]
+def to_pbtxt(config: dict[str, Any]) -> str:
+    """The protobuf text form of a JSON model configuration (what config.pbtxt holds)."""
+    lines: list[str] = []
+
+    def scalar(v: Any) -> str:
+        if isinstance(v, bool):
+            return str(v).lower()
+        if isinstance(v, str) and not _ENUM.fullmatch(v):
+            return json.dumps(v)
+        return str(v)
+
+    def emit(key: str, value: Any, depth: int) -> None:
+        pad = "  " * depth
+        if key == "parameters":  # a protobuf map: one entry message per key
+            for k, v in value.items():
+                lines.append(f"{pad}{key} {{")
+                emit("key", k, depth + 1)
+                emit("value", v, depth + 1)
+                lines.append(f"{pad}}}")
+        elif isinstance(value, dict):
+            lines.append(f"{pad}{key} {{")
+            for k, v in value.items():
+                emit(k, v, depth + 1)
+            lines.append(f"{pad}}}")
+        elif isinstance(value, list) and value and isinstance(value[0], dict):
+            for item in value:  # a repeated message
+                emit(key, item, depth)
+        elif isinstance(value, list):
+            lines.append(f"{pad}{key}: [ {', '.join(map(scalar, value))} ]")
+        else:
+            lines.append(f"{pad}{key}: {scalar(value)}")
+
+    for key, value in config.items():
+        emit(key, value, 0)
+    return "\n".join(lines) + "\n"
+
+
+def add_model(repo: str | Path, manifest: Manifest, artefact: str, max_queue_delay_us: int) -> Path:
+    """Copy an artefact of an exported model (with its external data) into `repo` as version 1
+    of a model with its config: named as the manifest's model for an ONNX graph,
+    `<model>-<runtime>` for another runtime. Replaces an older copy whole."""
+    source = manifest.path(artefact)
+    runtime = manifest.artefacts[artefact]["runtime"]
+    name = manifest.name if runtime == "onnxruntime" else f"{manifest.name}-{runtime}"
+    config = model_config(
+        name,
+        PLATFORMS[runtime],
+        manifest.input_shape,
+        manifest.num_classes,
+        manifest.max_batch_size,
+        max_queue_delay_us,
+        kind="KIND_GPU" if runtime == "tensorrt" else "KIND_AUTO",
+    )
     folder = Path(repo) / name
     with atomic_dir(folder) as tmp:
         version = tmp / "1"
         version.mkdir()
-        shutil.copy2(model_file, version / f"model{model_file.suffix}")
-        data = model_file.with_name(model_file.name + ".data")
+        shutil.copy2(source, version / f"model{source.suffix}")
+        data = source.with_name(source.name + ".data")
         if data.is_file():  # external data keeps its recorded file name
             shutil.copy2(data, version / data.name)
-        (tmp / "config.pbtxt").write_text(
-            model_config(
-                name, platform, image_size, num_classes, max_batch_size, max_queue_delay_us
-            )
-        )
+        (tmp / "config.pbtxt").write_text(to_pbtxt(config))
     return folder

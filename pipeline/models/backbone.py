@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file
 from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
 
-from pipeline import PipelineError
+from pipeline import PipelineError, paths
 from pipeline.io import read_json, save_tensors, write_json
 
 
@@ -116,9 +116,9 @@ def save_model(
     extra: dict[str, Any] | None = None,
 ) -> None:
     folder = Path(folder)
-    save_tensors(folder / "model.safetensors", model.state_dict())
+    save_tensors(folder / paths.MODEL_FILE, model.state_dict())
     write_json(
-        folder / "model.json",
+        folder / paths.MODEL_META,
         {"arch": arch, "kwargs": kwargs, "num_classes": num_classes, **(extra or {})},
     )
 
@@ -126,12 +126,12 @@ def save_model(
 def load_model(folder: str | Path, num_classes: int | None = None) -> VisionTransformer:
     """Rebuild a saved model; with another `num_classes`, the body loads and the head is new."""
     folder = Path(folder)
-    if not (folder / "model.json").is_file():
-        raise PipelineError(f"{folder}: no saved model (model.json) there")
-    spec = read_json(folder / "model.json")
+    if not (folder / paths.MODEL_META).is_file():
+        raise PipelineError(f"{folder}: no saved model ({paths.MODEL_META}) there")
+    spec = read_json(folder / paths.MODEL_META)
     keep_head = num_classes is None or num_classes == spec["num_classes"]
     model = create(spec["arch"], spec["kwargs"], spec["num_classes"] if keep_head else num_classes)
-    state = load_file(str(folder / "model.safetensors"))
+    state = load_file(str(folder / paths.MODEL_FILE))
     if not keep_head:
         state = {k: v for k, v in state.items() if not k.startswith("head.")}
     missing, unexpected = model.load_state_dict(state, strict=False)

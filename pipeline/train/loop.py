@@ -14,7 +14,6 @@ one-process run at batch B up to the order of floating-point sums.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import hashlib
 import json
 import math
@@ -101,9 +100,7 @@ def _fingerprint(
     extra: dict[str, Any] | None,
 ) -> str:
     shapes = [(k, list(p.shape)) for k, p in model.named_parameters() if p.requires_grad]
-    blob = json.dumps(
-        [dataclasses.asdict(cfg), seed, shapes, sizes, extra], sort_keys=True, default=str
-    )
+    blob = json.dumps([cfg.model_dump(), seed, shapes, sizes, extra], sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 

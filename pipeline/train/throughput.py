@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from pipeline.bench import measure
 from pipeline.config import TrainConfig
+from pipeline.runtime.latency import measure
 from pipeline.train.loop import LossFn, autocast, make_optimizer, pick_device, train_step
 
 MIB = 1 << 20

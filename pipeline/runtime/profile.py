@@ -1,39 +1,12 @@
-"""In-process latency measurement: percentiles of single calls after a warm-up."""
+"""Where the time goes: ONNX Runtime's operator profile, and FLOPs counted by torch."""
 
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
-
-
-def measure(
-    call: Callable[[], object],
-    batch_size: int,
-    warmup: int,
-    iterations: int,
-) -> dict[str, float]:
-    """p50/p90/p95/p99 latency (ms) of `call` and throughput (images/s) from the mean latency."""
-    for _ in range(warmup):
-        call()
-    times = np.empty(iterations)
-    for i in range(iterations):
-        t0 = time.perf_counter()
-        call()
-        times[i] = time.perf_counter() - t0
-    ms = times * 1e3
-    return {
-        "p50_ms": float(np.percentile(ms, 50)),
-        "p90_ms": float(np.percentile(ms, 90)),
-        "p95_ms": float(np.percentile(ms, 95)),
-        "p99_ms": float(np.percentile(ms, 99)),
-        "mean_ms": float(ms.mean()),
-        "throughput": float(batch_size / times.mean()),
-    }
 
 
 def ort_profile(
