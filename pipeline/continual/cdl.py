@@ -22,6 +22,7 @@ from torch import nn
 
 from pipeline.continual.learners import PromptLearner
 from pipeline.continual.losses import current_only, feature_hint, masked_ce
+from pipeline.continual.memo import frozen_outputs
 from pipeline.continual.model import PromptedViT
 from pipeline.distill.losses import kl_logits
 from pipeline.train.loop import LossFn
@@ -124,11 +125,10 @@ def cdl_loss(
     current classes, plus the learner's key loss (and FitNets' feature loss if weighted)."""
     teacher.eval().requires_grad_(False)
     index = list(classes)
+    frozen = frozen_outputs(teacher)
 
     def loss(model: CDLStudent, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            ft = teacher.features(x)
-            zt = teacher.head(ft)
+        ft, zt = frozen(x)
         model(x)
         ce = masked_ce(model.student_logits, y, classes)
         kd = kl_logits(model.kd_logits[:, index], zt[:, index], temperature)

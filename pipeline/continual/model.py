@@ -11,6 +11,7 @@ from torch import nn
 
 from pipeline.continual.learners import PromptLearner
 from pipeline.continual.losses import current_only
+from pipeline.continual.memo import ImageMemo
 from pipeline.continual.prefix import prompted_features
 
 
@@ -24,6 +25,8 @@ class PromptedViT(nn.Module):
         self.seen: list[int] = []  # classes of the tasks trained so far
         self.key_loss = self.feature = torch.zeros(())
         self.hint: nn.Module | None = None  # FitNets' regressor to the teacher's width, if used
+        # the query pass runs the frozen ViT alone: in training, once per image
+        self.queries = ImageMemo(lambda images: prompted_features(self.vit, images))
 
     @property
     def patch_embed(self) -> nn.Module:  # what a serving backend reads the input shape from
@@ -44,8 +47,11 @@ class PromptedViT(nn.Module):
         self.seen = [*self.seen, *(c for c in classes if c not in self.seen)]
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            query = prompted_features(self.vit, images)
+        if self.training:
+            query = self.queries(images)
+        else:  # inference and export: the pass itself
+            with torch.no_grad():
+                query = prompted_features(self.vit, images)
         prefixes, key_loss = self.learner.select(query, self.task if self.training else None)
         feature = prompted_features(self.vit, images, prefixes)
         if self.training:  # loss terms; inference (and export) keeps no state

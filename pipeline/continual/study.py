@@ -12,6 +12,7 @@ from pipeline.config import ContinualConfig, Params, override
 from pipeline.continual.cdl import CDLStudent, cdl_loss
 from pipeline.continual.learners import L2P, CodaPrompt, DualPrompt, PromptLearner, scale_layers
 from pipeline.continual.losses import continual_kd, feature_hint
+from pipeline.continual.memo import frozen_outputs
 from pipeline.continual.model import PromptedViT
 from pipeline.continual.sequence import Task, run_sequence, summary, task_aware, trainable
 from pipeline.train.loop import LossFn, seed_everything
@@ -101,12 +102,10 @@ def run_learner(
         return model
 
     def kd_loss(t: int, classes: list[int]) -> LossFn:
-        frozen = teacher_at(t, classes)
+        frozen = frozen_outputs(teacher_at(t, classes))
 
         def loss(model: PromptedViT, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-            with torch.no_grad():
-                ft = frozen.features(x)
-                zt = frozen.head(ft)
+            ft, zt = frozen(x)
             kd = continual_kd(model(x), zt, y, classes, cfg.alpha, cfg.temperature)
             out = kd + model.key_loss
             return out + cfg.feature_weight * feature_hint(model, ft) if cfg.feature_weight else out
