@@ -15,37 +15,17 @@ from typing import Any
 
 from pipeline import PipelineError
 from pipeline.io import read_json, write_json
+from pipeline.kinds import INPUT_NAME, KINDS, OUTPUT_NAME
+
+__all__ = ["INPUT_NAME", "KINDS", "MANIFEST", "OUTPUT_NAME", "Manifest", "read_manifest"]
 
 MANIFEST = "manifest.json"
-INPUT_NAME = "images"
-OUTPUT_NAME = "logits"
 
 
-@dataclass(frozen=True)
-class Kind:
-    """One kind of artefact: the file name it has in a model's folder, the runtime that runs it,
-    its precision, its prefix in metrics/export.json, and whether the benchmark times it on the
-    runtime's usual device (FP16 graphs and QDQ INT8 are for GPU runtimes: built and checked,
-    not timed on a CPU)."""
-
-    file: str
-    runtime: str
-    precision: str
-    key: str
-    timed: bool = True
-
-
-# artefact name (the `backend` of benchmark rows) -> kind; the order export builds them in
-KINDS = {
-    "onnxruntime": Kind("model.onnx", "onnxruntime", "fp32", "onnx"),
-    "onnxruntime-optimized": Kind("model.optimized.onnx", "onnxruntime", "fp32", "optimized"),
-    "onnxruntime-fp16": Kind("model.fp16.onnx", "onnxruntime", "fp16", "fp16", timed=False),
-    "onnxruntime-int8": Kind("model.int8.onnx", "onnxruntime", "int8", "int8"),
-    "onnxruntime-int8-static": Kind(
-        "model.int8-static.onnx", "onnxruntime", "int8", "int8_static", timed=False
-    ),
-    "tensorrt": Kind("model.plan", "tensorrt", "fp16", "tensorrt"),
-}
+def companions(file: Path) -> list[Path]:
+    """The files an artefact is made of: an IR's .bin, an ONNX graph's external data."""
+    extra = {".xml": [file.with_suffix(".bin")], ".onnx": [file.with_name(file.name + ".data")]}
+    return [file, *(f for f in extra.get(file.suffix, []) if f.is_file())]
 
 
 @dataclass
@@ -62,6 +42,7 @@ class Manifest:
     std: list[float]
     # artefact name -> {"file", "runtime", "precision", and its parity with torch}
     artefacts: dict[str, dict[str, Any]] = field(default_factory=dict)
+    recommended: str | None = None  # the artefact to deploy on the machine that exported it
     folder: Path = Path(".")
 
     def add(self, name: str, parity: dict[str, float]) -> None:
@@ -70,7 +51,8 @@ class Manifest:
         if not file.is_file():
             raise PipelineError(f"{file}: the {name} artefact is missing")
         entry = {"file": kind.file, "runtime": kind.runtime, "precision": kind.precision}
-        self.artefacts[name] = {**entry, "bytes": file.stat().st_size, **parity}
+        size = sum(f.stat().st_size for f in companions(file))
+        self.artefacts[name] = {**entry, "bytes": size, **parity}
 
     def path(self, artefact: str) -> Path:
         """The file of an artefact the manifest lists."""

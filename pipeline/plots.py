@@ -87,6 +87,34 @@ def latency_bars(rows: list[dict], path: str | Path) -> None:
     _save(fig, path)
 
 
+def throughput_bars(rows: list[dict], path: str | Path, highlight: dict[str, str]) -> None:
+    """Per batch size: images/s at the p50 latency of every backend of one model (the order
+    `best` ranks by), fastest on top, each bar labelled with its precision and share of the
+    peak; `highlight` colours named backends (the best, the baselines) and names them."""
+    batch_sizes = sorted({r["batch_size"] for r in rows})
+    n = len({r["backend"] for r in rows})
+    fig, axes = plt.subplots(
+        1, len(batch_sizes), figsize=(7 * len(batch_sizes), 0.35 * n + 1.5), squeeze=False
+    )
+    colours = dict(zip(highlight, plt.rcParams["axes.prop_cycle"].by_key()["color"][1:]))
+    for ax, bs in zip(axes.flat, batch_sizes):
+        sel = sorted((r for r in rows if r["batch_size"] == bs), key=lambda r: -r["p50_ms"])
+        names = [r["backend"] for r in sel]
+        bars = ax.barh(names, [bs * 1e3 / r["p50_ms"] for r in sel], color="lightgrey")
+        for bar, r in zip(bars, sel):
+            if r["backend"] in colours:
+                bar.set_color(colours[r["backend"]])
+            share = f", {r['of_peak']:.0%} of peak" if "of_peak" in r else ""
+            ax.annotate(f" {r.get('precision', '')}{share}", (bar.get_width(), bar.get_y()),
+                        fontsize=7, va="bottom")  # fmt: skip
+        ax.tick_params(axis="y", labelsize=8)
+        ax.set_xlabel("images/s at the p50 latency")
+        ax.set_title(f"batch {bs}")
+    handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in colours.values()]
+    axes.flat[0].legend(handles, [f"{k}: {v}" for k, v in highlight.items()], fontsize=7)
+    _save(fig, path)
+
+
 def ratio_bars(ratios: dict[str, dict[str, float]], path: str | Path) -> None:
     """Unmerged / merged latency per model, one bar per backend@batch: the cost of not merging."""
     names = list(ratios)

@@ -29,7 +29,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         metavar="[NAME=]PATH",
         help="a model file or folder (repeat for several); NAME defaults to the variant's name",
     )
-    p.add_argument("--backend", choices=BACKENDS, default="onnxruntime")
+    p.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default="onnxruntime",
+        help="a PyTorch backend, or the artefact of an exported folder to run (a runtime's "
+        "name is its fp32 artefact: openvino-int8 is NNCF's INT8 IR, onnxruntime-int8 ORT's)",
+    )
     p.add_argument("--host", default="127.0.0.1", help="0.0.0.0 exposes it beyond this machine")
     p.add_argument("--port", type=int, default=8000, help="0 picks a free port")
     p.add_argument("--max-batch-size", type=int, default=64)

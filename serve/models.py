@@ -18,7 +18,7 @@ from pipeline.data import MEAN, STD
 from pipeline.export.triton import model_config
 from pipeline.manifest import has_manifest, read_manifest
 from pipeline.runtime import BACKENDS, TORCH_BACKENDS, Backend
-from pipeline.runtime.base import PLATFORMS
+from pipeline.runtime.base import platform
 from pipeline.runtime.open import open_backend
 from pipeline.runtime.pytorch import torch_backend
 
@@ -46,7 +46,7 @@ class ServedModel:
         return {
             "name": self.name,
             "versions": ["1"],
-            "platform": PLATFORMS[self.kind],
+            "platform": platform(self.kind),
             "inputs": [
                 {
                     "name": self.backend.input_name,
@@ -67,7 +67,7 @@ class ServedModel:
         """Triton's model configuration of this model as served (the repository's builder)."""
         return model_config(
             self.name,
-            PLATFORMS[self.kind],
+            platform(self.kind),
             self.input_shape,
             self.num_classes,
             max_batch_size,

@@ -9,14 +9,14 @@ from pipeline import paths
 from pipeline.cli import run_stage
 from pipeline.config import load_params
 from pipeline.io import write_json
-from pipeline.plots import latency_bars
-from pipeline.reference import reference_report
+from pipeline.plots import throughput_bars
+from pipeline.reference import highlights, reference_report
 
 
 def main(argv: list[str]) -> None:
     report = reference_report(load_params())
     write_json(paths.METRICS / "reference.json", report)
-    latency_bars(report["rows"], paths.PLOTS / "reference.png")
+    throughput_bars(report["rows"], paths.PLOTS / "reference.png", highlights(report))
 
 
 if __name__ == "__main__":

@@ -30,6 +30,17 @@ def tiny_vit():
     return make
 
 
+@pytest.fixture
+def trained_like(tiny_vit):
+    """A tiny 5-class ViT whose every weight is perturbed, like a trained one (no shared
+    constants)."""
+    model = tiny_vit(num_classes=5, depth=3).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    return model
+
+
 @pytest.fixture(scope="session")
 def glyph_data() -> ImageSet:
     """4 classes x 24 real glyph images at 16x16."""

@@ -32,16 +32,6 @@ def _ops(path) -> set[str]:
 
 
 @pytest.fixture
-def trained_like(tiny_vit):
-    """A tiny ViT whose every weight is perturbed, like a trained one (no shared constants)."""
-    model = tiny_vit(num_classes=5, depth=3).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
-    return model
-
-
-@pytest.fixture
 def exported(tmp_path, trained_like):
     model, rewritten = fusable(trained_like)
     assert rewritten == 3

@@ -16,6 +16,8 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+from pipeline.kinds import KINDS
+
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 TINY_VIT = {"patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2}
@@ -54,7 +56,13 @@ TINY_PARAMS = {
         "batch_sizes": [1, 4],
         "warmup": 1,
         "iterations": 3,
-        "reference": {"arch": "vit_tiny_patch16_224", "image_size": 32, "calibration_images": 2},
+        "reference": {
+            "arch": "vit_tiny_patch16_224",
+            "image_size": 32,
+            "calibration_images": 2,
+            "batch_sizes": [1, 4],
+            "precisions": ["fp32"],  # torch.compile: one graph per batch size and precision
+        },
         "training": {
             "model": {"arch": "vit_tiny_patch16_224", "kwargs": TINY_VIT},
             "idat_teacher": {"arch": "vit_tiny_patch16_224", "kwargs": {**TINY_VIT, "depth": 1}},
@@ -147,20 +155,35 @@ def test_metrics_contracts(project):
     models = export["models"]
     assert set(models) == names
     shipped = {n for n in names if n.endswith("-merged")} | {"student-adapter", "student-linear"}
+    assert export["openvino"] == "built"
+    bf16 = export["openvino-bf16"] == "built"
     for name, row in models.items():
         assert (project / row["onnx_path"]).is_file()
         assert row["max_abs_diff"] <= 1e-4 and row["top1_agreement"] == 100.0
+        assert (project / row["openvino_path"]).with_suffix(".bin").is_file()
+        assert row["openvino_max_abs_diff"] <= 1e-4 and row["openvino_top1_agreement"] == 100.0
         assert ("int8_path" in row) == (name in shipped)
     for name in shipped:
         row = models[name]
-        for key in ("optimized", "fp16", "int8", "int8_static"):
+        for key in ("optimized", "fp16", "int8", "int8_static", "openvino_int8"):
             assert (project / row[f"{key}_path"]).is_file()
+        assert ("openvino_bf16_top1" in row) == bf16
         assert row["optimized_max_abs_diff"] <= 1e-4
         assert row["fp16_top1_agreement"] >= 95
         assert abs(row["int8_top1"] - row["top1"]) <= 10  # tiny models, 2 epochs: loose
+        assert row["openvino_int8_top1_drop"] <= 10
+        # the recommendation is the fastest of the artefacts within the top-1 bound
+        probe = row["probe_ms_per_image"]
+        assert row["recommended"] == min(probe, key=lambda a: probe[a]["32"])
+        assert all(row[f"{KINDS[a].key}_within_bound"] for a in probe if a != "onnxruntime")
+        manifest = json.loads((project / f"models/onnx/{name}/manifest.json").read_text())
+        assert manifest["recommended"] == row["recommended"]
         config = project / "models/triton" / name / "config.pbtxt"
         assert f'name: "{name}"' in config.read_text()
         assert (config.parent / "1/model.onnx").is_file()
+        ir = project / "models/triton" / f"{name}-openvino"
+        assert 'backend: "openvino"' in (ir / "config.pbtxt").read_text()
+        assert (ir / "1/model.xml").is_file() and (ir / "1/model.bin").is_file()
     # attention fuses in every plain ViT; the adapter's wrapped blocks keep theirs apart
     assert models["student-lora-merged"]["fused_ops"]["Attention"] == 1
     assert models["teacher-lora-merged"]["fused_ops"]["Attention"] == 2
@@ -168,10 +191,13 @@ def test_metrics_contracts(project):
 
     bench = _json(project, "benchmark.json")
     rows = [r for r in bench["rows"] if r["transport"] == "in-process"]
-    backends = ["torch", "onnxruntime", "onnxruntime-optimized", "onnxruntime-int8"]
-    assert len(rows) == (len(names) - len(shipped)) * 2 * 2 + len(shipped) * 4 * 2
+    ir = ["openvino-int8", *(["openvino-bf16"] if bf16 else [])]  # timed where shipped
+    backends = ["torch", "onnxruntime", "onnxruntime-optimized", "onnxruntime-int8", "openvino"]
+    per_shipped = len(backends) + len(ir)
+    assert len(rows) == (len(names) - len(shipped)) * 3 * 2 + len(shipped) * per_shipped * 2
     assert set(bench["unmerged_over_merged"]) == {n[: -len("-merged")] for n in merge}
-    assert {r["backend"] for r in rows} == set(backends)
+    assert {r["backend"] for r in rows} == {*backends, *ir}
+    assert "openvino@1" in bench["unmerged_over_merged"]["student-lora"]
     served = [r for r in bench["rows"] if r["transport"] == "http"]
     assert len(served) + len(rows) == len(bench["rows"])
     assert sorted((r["variant"], r["backend"], r["concurrency"]) for r in served) == sorted(
@@ -196,7 +222,27 @@ def test_metrics_contracts(project):
     assert 0 < serving["http_overhead"]["served_over_in_process"] < 10
 
     reference = _json(project, "reference.json")
-    assert {r["backend"] for r in reference["rows"]} >= set(backends)
+    assert {r["backend"] for r in reference["rows"]} >= {*backends, "openvino-default", *ir}
+    hardware = reference["hardware"]
+    assert hardware["cores"] == 2 and hardware["peak_tflops"]["fp32"] > 0
+    for r in reference["rows"]:  # each row's share of the peak at its own precision
+        peak = hardware["peak_tflops"][r["precision"]]
+        assert r["of_peak"] == pytest.approx(r["tflops"] / peak)
+    within = {  # the artefacts whose top-1 held on every shipped model
+        a
+        for a, kind in KINDS.items()
+        if all(models[m].get(f"{kind.key}_within_bound", a == "onnxruntime") for m in shipped)
+    }
+    for bs in ("1", "4"):  # the fastest of them, against ORT's INT8 and the peer
+        best = reference["best"][bs]
+        candidates = [
+            r for r in reference["rows"] if r["batch_size"] == int(bs) and r["backend"] in within
+        ]
+        assert best["p50_ms"] == min(r["p50_ms"] for r in candidates)
+        assert best["over_peer"] > 0 and best["over_onnxruntime_int8"] > 0
+    # OpenVINO's counters name each layer's kernel: the INT8 IR's projections run INT8 kernels
+    kernels = reference["openvino_profile_ms"]["openvino-int8"]
+    assert any(k.startswith("FullyConnected") and k.lower().endswith("_i8") for k in kernels)
     assert reference["fused_ops"]["Attention"] == 12  # vit_tiny: 12 blocks
     assert reference["speedup_over_torch"]["onnxruntime-int8@1"] > 0
     assert "MatMul" in reference["profile_ms"]["onnxruntime-optimized"]

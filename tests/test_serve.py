@@ -25,7 +25,10 @@ from pipeline import PipelineError, models
 from pipeline.data import MEAN, STD, to_tensor
 from pipeline.export import export_onnx, tensorrt
 from pipeline.export.metadata import preprocessing
+from pipeline.export.openvino import quantize_openvino, to_openvino
 from pipeline.manifest import KINDS, Manifest
+from pipeline.runtime import openvino
+from pipeline.runtime.open import open_backend
 from pipeline.runtime.ort import OnnxRuntimeBackend
 from pipeline.runtime.pytorch import TorchBackend
 from serve import bench
@@ -72,6 +75,16 @@ def model_dir(tmp_path_factory) -> Path:
             folder=onnx.parent,
         )
         manifest.add("onnxruntime", {})
+        if openvino.unavailable() is None:
+            to_openvino(onnx, onnx.parent / KINDS["openvino"].file)
+            calibration = np.random.default_rng(0).standard_normal((8, *SHAPE)).astype("f4")
+            quantize_openvino(
+                onnx.parent / KINDS["openvino"].file,
+                onnx.parent / KINDS["openvino-int8"].file,
+                calibration,
+            )
+            manifest.add("openvino", {})
+            manifest.add("openvino-int8", {})
         manifest.write()
     return root
 
@@ -575,6 +588,31 @@ def test_torch_backend_serves_a_model_folder(model_dir):
     expected = TorchBackend(models.load_model(folder), device="cpu").run(x)
     np.testing.assert_allclose(logits, expected, atol=1e-5)
     np.testing.assert_allclose(logits, _direct(model_dir, x), atol=1e-4)
+
+
+@pytest.mark.skipif(openvino.unavailable() is not None, reason="needs openvino")
+def test_openvino_backends_serve_the_exported_folder_through_tritonclient(model_dir):
+    import tritonclient.http as triton
+
+    x = _batch(5)
+    folder = model_dir / "tiny-merged"
+    for backend in ("openvino", "openvino-int8"):
+        args = ["--backend", backend, "--model", str(folder), "--threads", "1"]
+        args += ["--model", f"unmerged={model_dir / 'tiny'}"]
+        with ServerProcess(args) as s:
+            client = triton.InferenceServerClient(s.url.removeprefix("http://"))
+            assert client.get_model_metadata("tiny-merged")["platform"] == "openvino"
+            tensor = triton.InferInput("images", list(x.shape), "FP32")
+            tensor.set_data_from_numpy(x)
+            logits = client.infer("tiny-merged", [tensor]).as_numpy("logits")
+            unmerged = client.infer("unmerged", [tensor]).as_numpy("logits")
+        direct = open_backend(backend, folder / KINDS[backend].file, threads=1).run(x)
+        np.testing.assert_allclose(logits, direct, atol=1e-5)
+        if backend == "openvino":  # the fp32 IR is the ONNX graph's function
+            np.testing.assert_allclose(logits, _direct(model_dir, x), atol=1e-4)
+            np.testing.assert_allclose(unmerged, _direct(model_dir, x, "tiny"), atol=1e-4)
+        else:  # INT8: the same classes, up to quantization
+            assert np.abs(logits - _direct(model_dir, x)).max() < 0.5
 
 
 def test_torch_compile_backend_serves_the_eager_logits_at_every_batch_size(model_dir):

@@ -12,22 +12,30 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from pipeline import PipelineError
-from pipeline.runtime.base import BACKENDS, TORCH_BACKENDS
+from pipeline.runtime.base import BACKENDS, PRECISIONS, TORCH_BACKENDS
 
 
 class ConfigError(PipelineError):
     pass
 
 
-# the ONNX Runtime artefacts the reference stage builds for a real-size ViT
+# the ONNX Runtime artefacts the reference stage builds for a real-size ViT: the export's, the
+# optimiser's SkipLayerNormalization fusion, and each INT8 form ONNX Runtime has (dynamic per
+# channel; static QDQ with s8 activations; static QOperator)
 REFERENCE_ARTEFACTS = (
     "onnxruntime",
     "onnxruntime-optimized",
     "onnxruntime-optimized-skipln",
     "onnxruntime-int8",
     "onnxruntime-int8-skipln",
+    "onnxruntime-int8-per-channel",
     "onnxruntime-int8-static",
+    "onnxruntime-int8-static-s8s8",
+    "onnxruntime-int8-static-qoperator",
 )
+# OpenVINO's: the default compile of the plain ONNX (the peer a user tries first), the IR in
+# fp32 and bf16, and NNCF's INT8
+REFERENCE_OPENVINO = ("openvino-default", "openvino", "openvino-bf16", "openvino-int8")
 
 
 def _yaml_float(value: Any) -> Any:
@@ -57,6 +65,7 @@ def _rule(problem: Callable[[Any], str | None]) -> AfterValidator:
 _positive = _rule(lambda v: None if v > 0 else "must be > 0")
 _non_negative = _rule(lambda v: None if v >= 0 else "must be >= 0")
 _fraction = _rule(lambda v: None if 0 <= v < 1 else "must be in [0, 1)")
+_levels = _rule(lambda v: None if v and min(v) >= 1 else "must be a non-empty list of levels >= 1")
 
 
 def _one_of(*choices: str) -> AfterValidator:
@@ -199,14 +208,31 @@ class MergeConfig(Section):
     tolerance: Annotated[Float, _positive] = 1e-4
 
 
+class OpenVinoExportConfig(Section):
+    """NNCF's INT8 of the OpenVINO IR: SmoothQuant's strength on MatMuls (-1: off), and its
+    accuracy-control flow (layers reverted to floating point until the top-1 drop on the
+    validation split is within export.max_top1_drop), at most `max_iterations` rounds."""
+
+    smooth_quant_alpha: Annotated[
+        Float, _rule(lambda v: None if v == -1 or 0 <= v <= 1 else "must be -1 (off) or in [0, 1]")
+    ] = 0.95
+    accuracy_control: bool = False
+    max_iterations: Annotated[int, _positive] = 10
+
+
 class ExportConfig(Section):
     opset: Annotated[int, _rule(lambda v: None if v >= 18 else "must be >= 18")] = 18
     tolerance: Annotated[Float, _positive] = 1e-4
+    # test top-1 points a bf16 or INT8 artefact may lose against torch and still be recommended
+    max_top1_drop: Annotated[Float, _non_negative] = 0.5
+    # the recommended artefact is the fastest at the largest of these (a short latency probe)
+    probe_batch_sizes: Annotated[list[int], _levels] = [1, 32]
     # ONNX Runtime's SkipLayerNormalization fusion: slower than Add + LayerNorm on CPU
     skip_layer_norm: bool = False
     calibration_images: Annotated[int, _positive] = 256  # training images for static INT8
     max_batch_size: Annotated[int, _positive] = 64  # TensorRT profile and Triton config
     max_queue_delay_us: Annotated[int, _non_negative] = 500  # Triton dynamic batching
+    openvino: OpenVinoExportConfig = Field(default_factory=OpenVinoExportConfig)
 
 
 class ReferenceConfig(Section):
@@ -215,14 +241,19 @@ class ReferenceConfig(Section):
     arch: str = "vit_small_patch16_224"
     image_size: Annotated[int, _positive] = 224
     num_classes: Annotated[int, _positive] = 10
-    batch_sizes: list[int] = [1]
+    batch_sizes: list[int] = [1, 32]
+    warmup: Annotated[int, _non_negative] = 2  # calls per row before timing
+    iterations: Annotated[int, _positive] = 20  # timed calls per row, at most
+    max_images: Annotated[int, _positive] = 192  # timed per row (at least 3 calls)
     calibration_images: Annotated[int, _positive] = 16
     # the PyTorch backends measured beside ONNX Runtime; cuda-graph only where CUDA is present
     torch_backends: Annotated[list[str], _all_of(*TORCH_BACKENDS)] = list(TORCH_BACKENDS)
-    precision: Annotated[str, _one_of("fp32", "bf16")] = "fp32"  # of the PyTorch backends
-    # the artefacts timed (all are built and profiled)
+    precisions: Annotated[list[str], _all_of(*PRECISIONS)] = list(PRECISIONS)  # PyTorch's
+    # the artefacts timed (all are built)
     onnxruntime: Annotated[list[str], _all_of(*REFERENCE_ARTEFACTS)] = list(REFERENCE_ARTEFACTS)
-    peak_tflops: Float | None = None  # the device's dense peak: rows then say what share of it
+    openvino: Annotated[list[str], _all_of(*REFERENCE_OPENVINO)] = list(REFERENCE_OPENVINO)
+    # a GPU's dense peak (H100 bf16: ~790), for the share of it; on a CPU it is computed
+    peak_tflops: Float | None = None
 
 
 class ArchConfig(Section):
@@ -248,9 +279,6 @@ class TrainingBenchConfig(Section):
     methods: list[str] = ["full", "lora", "arc", "consolidator", "idat"]
     warmup: Annotated[int, _positive] = 3
     steps: Annotated[int, _positive] = 10
-
-
-_levels = _rule(lambda v: None if v and min(v) >= 1 else "must be a non-empty list of levels >= 1")
 
 
 class LoadConfig(Section):

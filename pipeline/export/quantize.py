@@ -40,9 +40,10 @@ def to_fp16(src: str | Path, dst: str | Path) -> Path:
     return Path(dst)
 
 
-def quantize_int8_dynamic(src: str | Path, dst: str | Path) -> Path:
-    """INT8 weights, activations quantised per call from their observed range: no calibration.
-    Run on the optimised graph, where fused Attention becomes QAttention."""
+def quantize_int8_dynamic(src: str | Path, dst: str | Path, per_channel: bool = False) -> Path:
+    """INT8 weights (per tensor, or per output channel), uint8 activations quantised per call
+    from their observed range: no calibration. Run on the optimised graph, where fused
+    Attention becomes QAttention. u8 x s8 is the pair VNNI's dot product takes."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     with atomic_path(dst) as tmp, _quiet():
@@ -50,6 +51,7 @@ def quantize_int8_dynamic(src: str | Path, dst: str | Path) -> Path:
             str(src),
             str(tmp),
             weight_type=QuantType.QInt8,
+            per_channel=per_channel,
             op_types_to_quantize=INT8_OPS,
             # the optimiser's contrib operators have no ONNX shape inference to type them
             extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
@@ -58,10 +60,17 @@ def quantize_int8_dynamic(src: str | Path, dst: str | Path) -> Path:
 
 
 def quantize_int8_static(
-    src: str | Path, dst: str | Path, calibration: np.ndarray, batch_size: int = 16
+    src: str | Path,
+    dst: str | Path,
+    calibration: np.ndarray,
+    batch_size: int = 16,
+    qdq: bool = True,
+    signed_activations: bool = False,
 ) -> Path:
-    """INT8 in QDQ form with activation ranges calibrated on `calibration` images (N, 3, H, W),
-    per-channel weights: the form TensorRT and other INT8 runtimes take. Run on the plain graph."""
+    """INT8 with activation ranges calibrated on `calibration` images (N, 3, H, W), per-channel
+    weights. QDQ (`qdq`) is the form TensorRT and other INT8 runtimes take; QOperator writes
+    QLinearMatMul for ONNX Runtime's own kernels; `signed_activations` makes them s8 (s8 x s8)
+    rather than u8. Run on the plain graph."""
     from onnxruntime.quantization import (
         CalibrationDataReader,
         QuantFormat,
@@ -84,8 +93,8 @@ def quantize_int8_static(
             str(src),
             str(tmp),
             Reader(),
-            quant_format=QuantFormat.QDQ,
-            activation_type=QuantType.QUInt8,
+            quant_format=QuantFormat.QDQ if qdq else QuantFormat.QOperator,
+            activation_type=QuantType.QInt8 if signed_activations else QuantType.QUInt8,
             weight_type=QuantType.QInt8,
             per_channel=True,
             op_types_to_quantize=["MatMul"],

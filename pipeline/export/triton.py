@@ -2,8 +2,9 @@
 repository (`tritonserver --model-repository models/triton`) and returned as JSON by the
 server's `/v2/models/{m}/config` route.
 
-A repository model is `<repo>/<name>/config.pbtxt` + `<repo>/<name>/1/model.<ext>`; an engine
-goes in a model of its own (`<name>-tensorrt`), since a Triton model has exactly one platform.
+A repository model is `<repo>/<name>/config.pbtxt` + `<repo>/<name>/1/model.<ext>` (an IR's
+.bin beside its .xml); an engine or an IR goes in a model of its own (`<name>-tensorrt`,
+`<name>-openvino`), since a Triton model has exactly one platform or backend.
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.io import atomic_dir
-from pipeline.manifest import INPUT_NAME, OUTPUT_NAME, Manifest
-from pipeline.runtime.base import PLATFORMS
+from pipeline.manifest import INPUT_NAME, OUTPUT_NAME, Manifest, companions
+from pipeline.runtime.base import platform
 
 _ENUM = re.compile(r"(TYPE|KIND|FORMAT)_[A-Z0-9_]+")  # written bare in protobuf text
 
@@ -37,10 +38,10 @@ def model_config(
     parameters: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Triton's model configuration in its JSON form; dims leave out the batch axis, which
-    max_batch_size > 0 makes implicit."""
+    max_batch_size > 0 makes implicit. OpenVINO is named by `backend`: it has no platform."""
     config: dict[str, Any] = {
         "name": name,
-        "platform": platform,
+        "backend" if platform == "openvino" else "platform": platform,
         "max_batch_size": max_batch_size,
         "input": [
             {
@@ -101,28 +102,36 @@ def to_pbtxt(config: dict[str, Any]) -> str:
 
 
 def add_model(repo: str | Path, manifest: Manifest, artefact: str, max_queue_delay_us: int) -> Path:
-    """Copy an artefact of an exported model (with its external data) into `repo` as version 1
-    of a model with its config: named as the manifest's model for an ONNX graph,
+    """Copy an artefact of an exported model (with its external data or weights) into `repo` as
+    version 1 of a model with its config: named as the manifest's model for an ONNX graph,
     `<model>-<runtime>` for another runtime. Replaces an older copy whole."""
     source = manifest.path(artefact)
-    runtime = manifest.artefacts[artefact]["runtime"]
+    runtime, precision = (manifest.artefacts[artefact][k] for k in ("runtime", "precision"))
     name = manifest.name if runtime == "onnxruntime" else f"{manifest.name}-{runtime}"
+    parameters = None
+    if runtime == "openvino":  # the OpenVINO backend's settings, as the export compiled it
+        from pipeline.runtime.openvino import compile_config
+
+        bf16 = compile_config(precision, None)["INFERENCE_PRECISION_HINT"] == "bf16"
+        parameters = {"PERFORMANCE_HINT": "LATENCY", **({"HINT_BF16": "YES"} if bf16 else {})}
     config = model_config(
         name,
-        PLATFORMS[runtime],
+        platform(runtime),
         manifest.input_shape,
         manifest.num_classes,
         manifest.max_batch_size,
         max_queue_delay_us,
         kind="KIND_GPU" if runtime == "tensorrt" else "KIND_AUTO",
+        parameters=parameters,
     )
     folder = Path(repo) / name
     with atomic_dir(folder) as tmp:
         version = tmp / "1"
         version.mkdir()
-        shutil.copy2(source, version / f"model{source.suffix}")
-        data = source.with_name(source.name + ".data")
-        if data.is_file():  # external data keeps its recorded file name
-            shutil.copy2(data, version / data.name)
+        model, *extra = companions(source)
+        shutil.copy2(model, version / f"model{source.suffix}")
+        for file in extra:  # external data keeps its recorded name; an IR's .bin follows its .xml
+            target = f"model{file.suffix}" if file.suffix == ".bin" else file.name
+            shutil.copy2(file, version / target)
         (tmp / "config.pbtxt").write_text(to_pbtxt(config))
     return folder

@@ -66,16 +66,20 @@ def latency_rows(
     warmup: int,
     iterations: int,
     on_device: bool = False,
+    max_images: int | None = None,
     **fields: object,
 ) -> list[dict]:
     """One row per batch size: `fields`, the backend's label, the batch size and the figures of
     `measure`; a batch larger than `images` repeats them. `on_device` adds where the inputs
-    lived (see `_call`). Each row is printed as it is measured."""
+    lived (see `_call`). `max_images` caps the images timed per row (at least 3 calls), so a
+    large batch of a large model does not take `iterations` full calls. Each row is printed as
+    it is measured."""
     rows = []
     for bs in batch_sizes:
         x = np.resize(images, (bs, *images.shape[1:]))
         call, inputs = _call(backend, x, on_device)
-        stats = measure(call, bs, warmup, iterations)
+        calls = min(iterations, max(3, max_images // bs)) if max_images else iterations
+        stats = measure(call, bs, warmup, calls)
         row = {**fields, "backend": label(backend), "batch_size": bs, **stats}
         if on_device:
             row["inputs"] = inputs

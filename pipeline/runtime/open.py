@@ -11,7 +11,7 @@ from pipeline.runtime.base import Backend
 
 def open_backend(name: str, path: str | Path, threads: int | None = None) -> Backend:
     """The backend for an exported file; `name` is an artefact of `manifest.KINDS` (the label
-    its benchmark rows carry) or a runtime (onnxruntime, tensorrt)."""
+    its benchmark rows carry) or a runtime (onnxruntime, openvino, tensorrt)."""
     runtime = KINDS[name].runtime if name in KINDS else name
     if runtime == "tensorrt":
         from pipeline.runtime.tensorrt import TensorRTBackend
@@ -21,4 +21,9 @@ def open_backend(name: str, path: str | Path, threads: int | None = None) -> Bac
         from pipeline.runtime.ort import OnnxRuntimeBackend
 
         return OnnxRuntimeBackend(path, threads, name=name)
+    if runtime == "openvino":
+        from pipeline.runtime.openvino import OpenVinoBackend
+
+        precision = KINDS[name].precision if name in KINDS else "fp32"
+        return OpenVinoBackend(path, threads, precision, name=name)
     raise PipelineError(f"unknown artefact or runtime {name!r} (one of {', '.join(KINDS)})")

@@ -54,7 +54,10 @@ class CompiledTorchBackend(TorchBackend):
 
     `dynamic=True` (serving) compiles once for any batch size: the batch axis is marked dynamic
     and batches of 1 and 2 are run at start, so no request waits for a compile. `dynamic=False`
-    (benchmarks at fixed sizes) specialises a graph to each batch size it meets."""
+    (benchmarks at fixed sizes) specialises a graph to each batch size it meets.
+
+    `freezing` (inference only) folds the weights into the graph as constants, so inductor can
+    prepack them for oneDNN's matmul and convolution kernels on the CPU."""
 
     name = "torch-compile"
 
@@ -64,10 +67,13 @@ class CompiledTorchBackend(TorchBackend):
         device: str | None = None,
         precision: str = "fp32",
         dynamic: bool = True,
+        freezing: bool = False,
     ) -> None:
         super().__init__(model, device, precision)
         self.dynamic = dynamic
-        self.compiled = torch.compile(self.model, dynamic=None if dynamic else False)
+        self.compiled = torch.compile(
+            self.model, dynamic=None if dynamic else False, options={"freezing": freezing}
+        )
         if dynamic:
             for size in (2, 1):  # batch 1 gets its own graph: compilers specialise size 1
                 self.run(np.zeros((size, *self.input_shape), np.float32))
