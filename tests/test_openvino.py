@@ -25,32 +25,27 @@ no_bf16 = openvino.bf16_unavailable()
 
 
 @pytest.fixture
-def model(trained_like):
-    return trained_like
-
-
-@pytest.fixture
-def ir(tmp_path, model) -> Path:
-    onnx = export_onnx(model, tmp_path / KINDS["onnxruntime"].file, image_size=16)
+def ir(tmp_path, trained_like) -> Path:
+    onnx = export_onnx(trained_like, tmp_path / KINDS["onnxruntime"].file, image_size=16)
     return to_openvino(onnx, tmp_path / KINDS["openvino"].file)
 
 
-def test_ir_has_a_dynamic_batch_and_matches_torch_in_fp32(ir, model, glyph_data):
+def test_ir_has_a_dynamic_batch_and_matches_torch_in_fp32(ir, trained_like, glyph_data):
     assert ir.with_suffix(".bin").stat().st_size > 10_000, "the weights are beside the .xml"
     backend = open_backend("openvino", ir, threads=1)
     assert (backend.input_name, backend.output_name) == ("images", "logits")
     assert backend.input_shape == (3, 16, 16) and backend.num_classes == 5
     assert backend.inference_precision == "f32"
     x = to_tensor(glyph_data.images).numpy()
-    ref = TorchBackend(model, device="cpu").run(x)
+    ref = TorchBackend(trained_like, device="cpu").run(x)
     for n in (1, 5, len(x)):  # one compiled model, any batch size
         np.testing.assert_allclose(backend.run(x[:n]), ref[:n], rtol=0, atol=1e-4)
 
 
 @pytest.mark.skipif(no_bf16 is not None, reason=str(no_bf16))
-def test_bf16_keeps_the_top1_and_is_close(ir, model, glyph_data):
+def test_bf16_keeps_the_top1_and_is_close(ir, trained_like, glyph_data):
     x = to_tensor(glyph_data.images).numpy()
-    ref = TorchBackend(model, device="cpu").run(x)
+    ref = TorchBackend(trained_like, device="cpu").run(x)
     backend = open_backend("openvino-bf16", ir, threads=1)
     assert backend.inference_precision == "bf16"
     stats = parity(ref, backend.run(x), glyph_data.labels)
@@ -71,10 +66,10 @@ def _int8_ops(xml: Path) -> int:
 
 
 def test_nncf_int8_is_quantized_and_accuracy_control_keeps_the_drop_within_the_bound(
-    tmp_path, ir, model, glyph_data
+    tmp_path, ir, trained_like, glyph_data
 ):
     x = to_tensor(glyph_data.images).numpy()
-    ref = TorchBackend(model, device="cpu").run(x)
+    ref = TorchBackend(trained_like, device="cpu").run(x)
     labels = ref.argmax(1)  # fp32 is 100 % right by construction: the drop is the disagreement
     plain = quantize_openvino(ir, tmp_path / "plain.int8.xml", x[:32], smooth_quant_alpha=-1)
     controlled = quantize_openvino(
