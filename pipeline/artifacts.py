@@ -1,22 +1,24 @@
 """Trained variants on disk: a compact adapter file beside a JSON that says how to rebuild it.
 
 `<variant folder>/adapter.safetensors` holds only what the method trained (adapters and head);
-`adapter.json` names the frozen backbone folder, the method and its options. Variants trained
-alone live in models/adapters, distilled ones in models/distilled (see Variant.folder).
+`adapter.json` names the frozen backbone folder (relative to the variant folder, so the variant
+loads its own backbone from whatever folder it is used), the sha256 of that backbone's files (the
+adapters fit those weights alone), the method and its options. Variants trained alone live in
+models/adapters, distilled ones in models/distilled (see Variant.folder).
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file
 from timm.models.vision_transformer import VisionTransformer
 
 from pipeline import PipelineError, adapters, models, paths
 from pipeline.data import ImageSet, load_split
-from pipeline.io import read_json, save_tensors, write_json
+from pipeline.io import digest, read_json, read_tensors, save_tensors, write_json
 from pipeline.variants import Variant
 
 
@@ -35,7 +37,8 @@ def save_variant(
     save_tensors(folder / paths.ADAPTER_FILE, adapters.trainable_state(model))
     meta = {
         "variant": name,
-        "backbone": str(backbone),
+        "backbone": os.path.relpath(backbone, folder),
+        "backbone_sha256": digest(*_backbone_files(backbone)),
         "num_classes": len(classes),
         "classes": classes,
         **adapters.param_counts(model),
@@ -51,10 +54,27 @@ def load_variant(folder: str | Path) -> tuple[VisionTransformer, dict[str, Any]]
     if not (folder / paths.ADAPTER_META).is_file():
         raise PipelineError(f"{folder}: no trained variant there (run the train stage first)")
     meta = read_json(folder / paths.ADAPTER_META)
-    model = models.load_model(meta["backbone"], num_classes=meta["num_classes"])
+    backbone = backbone_folder(folder, meta)
+    model = models.load_model(backbone, num_classes=meta["num_classes"])
+    files = _backbone_files(backbone)
+    if digest(*files) != meta.get("backbone_sha256"):
+        raise PipelineError(
+            f"{folder / paths.ADAPTER_META} and {files[0]} do not match: the adapters were "
+            "trained on another backbone (retrain the variant, or restore that backbone)"
+        )
     adapters.inject(model, meta["method"], **meta["options"])
-    adapters.load_trainable(model, load_file(str(folder / paths.ADAPTER_FILE)))
+    adapters.load_trainable(model, read_tensors(folder / paths.ADAPTER_FILE))
     return model.eval(), meta
+
+
+def backbone_folder(folder: str | Path, meta: dict[str, Any]) -> Path:
+    """The backbone folder a variant's `adapter.json` (`meta`) names."""
+    return Path(os.path.normpath(Path(folder) / meta["backbone"]))
+
+
+def _backbone_files(backbone: Path) -> list[Path]:
+    """What a variant is bound to: the backbone's weights and how to rebuild it."""
+    return [backbone / paths.MODEL_FILE, backbone / paths.MODEL_META]
 
 
 def load_torch_folder(folder: str | Path) -> tuple[torch.nn.Module, list[str]]:

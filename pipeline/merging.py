@@ -3,12 +3,10 @@ set that it changes nothing, and save it where the downstream stages read merged
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import timm
 
 from pipeline import adapters, models, paths
-from pipeline.artifacts import load_task, load_variant, merges
+from pipeline.artifacts import backbone_folder, load_task, load_variant, merges
 from pipeline.config import Params
 from pipeline.io import read_json
 from pipeline.runtime.parity import parity, require_equal
@@ -25,7 +23,7 @@ def merge_all(params: Params) -> dict:
             continue
         model, meta = load_variant(variant.folder)
         merged = adapters.merge(model)
-        spec = read_json(Path(meta["backbone"]) / paths.MODEL_META)
+        spec = read_json(backbone_folder(variant.folder, meta) / paths.MODEL_META)
         # The contract: a plain timm model, loadable strictly by someone without this project.
         plain = timm.create_model(spec["arch"], num_classes=meta["num_classes"], **spec["kwargs"])
         plain.load_state_dict(merged.state_dict(), strict=True)

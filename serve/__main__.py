@@ -4,6 +4,7 @@ models over the Open Inference Protocol (KServe v2) until SIGINT/SIGTERM, then d
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import os
 import socket
@@ -14,8 +15,9 @@ from pipeline import PipelineError
 from pipeline.cli import run_stage
 from pipeline.runtime import BACKENDS
 from pipeline.runtime.base import PRECISIONS
+from serve.connections import serve
 from serve.models import load_all
-from serve.server import ServerConfig, create_app
+from serve.server import STATE, ServerConfig, create_app
 
 LISTENING = "listening on"  # the line a launcher waits for
 
@@ -46,7 +48,31 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         action="store_false",
         help="run every request alone (the baseline batching is measured against)",
     )
-    p.add_argument("--max-payload-bytes", type=int, default=64 << 20)
+    defaults = ServerConfig()
+    p.add_argument("--max-payload-bytes", type=int, default=defaults.max_payload_bytes)
+    p.add_argument(
+        "--max-image-pixels",
+        type=int,
+        default=defaults.max_image_pixels,
+        help="the largest image /classify decodes (width x height, read from its header)",
+    )
+    p.add_argument(
+        "--max-connections",
+        type=int,
+        default=defaults.max_connections,
+        help="connections held at once (lowered to fit the descriptor limit); more get a 503",
+    )
+    for name, what in [
+        ("header", "for a request's headers, from its first byte"),
+        ("body", "for a request's body, once its headers are in"),
+        ("keepalive", "an idle connection is kept open"),
+    ]:
+        p.add_argument(
+            f"--{name}-timeout",
+            type=float,
+            default=getattr(defaults, f"{name}_timeout"),
+            help=f"seconds to wait {what}" if name != "keepalive" else f"seconds {what}",
+        )
     p.add_argument("--threads", type=int, default=None, help="backend CPU threads")
     p.add_argument(
         "--precision",
@@ -54,21 +80,29 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         default="fp32",
         help="the PyTorch backends' compute type (inputs and logits stay float32 on the wire)",
     )
-    p.add_argument("--shutdown-timeout", type=float, default=30.0, help="seconds to drain")
+    p.add_argument(
+        "--shutdown-timeout",
+        type=float,
+        default=defaults.shutdown_timeout,
+        help="seconds to drain; requests still running then are dropped (exit status 1)",
+    )
     p.add_argument(
         "--api-key-env",
         default="SERVE_API_KEY",
         help="environment variable holding the API key; unset or empty: no key needed",
     )
     args = p.parse_args(argv)
-    if args.max_batch_size < 1 or args.max_queue_delay_us < 0 or args.max_payload_bytes < 1:
-        p.error("--max-batch-size and --max-payload-bytes must be >= 1, the delay >= 0")
+    at_least_one = ["max_batch_size", "max_payload_bytes", "max_image_pixels", "max_connections"]
+    for name in at_least_one:
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be at least 1")
+    for name in ["max_queue_delay_us", "header_timeout", "body_timeout", "keepalive_timeout"]:
+        if not getattr(args, name) >= 0:
+            p.error(f"--{name.replace('_', '-')} must be >= 0")
     return args
 
 
 def main(argv: list[str]) -> None:
-    from aiohttp import web
-
     args = parse_args(argv)
     logging.basicConfig(
         level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -94,7 +128,13 @@ def main(argv: list[str]) -> None:
         max_queue_delay_us=args.max_queue_delay_us,
         dynamic_batching=args.dynamic_batching,
         max_payload_bytes=args.max_payload_bytes,
+        max_image_pixels=args.max_image_pixels,
         api_key=os.environ.get(args.api_key_env) or None,
+        header_timeout=args.header_timeout,
+        body_timeout=args.body_timeout,
+        keepalive_timeout=args.keepalive_timeout,
+        shutdown_timeout=args.shutdown_timeout,
+        max_connections=args.max_connections,
     )
     # our own socket: with --port 0 the port is known before the first request
     v6 = ":" in args.host
@@ -105,13 +145,14 @@ def main(argv: list[str]) -> None:
     host = f"[{host}]" if v6 else host
     names = ", ".join(models)
     print(f"{LISTENING} http://{host}:{port} ({args.backend}: {names})", flush=True)
-    web.run_app(
-        create_app(models, cfg),
-        sock=sock,
-        shutdown_timeout=args.shutdown_timeout,
-        print=None,
-        access_log=None,
-    )
+    app = create_app(models, cfg)
+    asyncio.run(serve(app, sock, cfg))
+    dropped = app[STATE].dropped
+    if dropped:
+        raise PipelineError(
+            f"the drain timed out after {cfg.shutdown_timeout:g} s (--shutdown-timeout): "
+            f"{dropped} request(s) in flight were dropped"
+        )
 
 
 if __name__ == "__main__":

@@ -38,6 +38,12 @@ class Metrics:
             ["route", "code"],
             registry=reg,
         )
+        self.client_disconnects = Counter(
+            "serve_client_disconnects",
+            "Requests whose client left before the answer (no status was sent)",
+            ["route"],
+            registry=reg,
+        )
         self.request_seconds = Histogram(
             "serve_request_seconds",
             "Inference request time in the server",

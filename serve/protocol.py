@@ -5,6 +5,10 @@ A binary request is a JSON header of `Inference-Header-Content-Length` bytes fol
 binary input's raw little-endian bytes, in the order the header lists them (each such input says
 its size in `parameters.binary_data_size`). Responses mirror this when the client asks for
 binary outputs.
+
+JSON has no NaN or infinity: non-finite values in JSON `data` are the strings "NaN",
+"Infinity" and "-Infinity", as protobuf's JSON mapping of the protocol's gRPC messages writes
+them (and as NumPy reads them back); binary data carries them bit-exact.
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ from typing import Any
 import numpy as np
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
+MAX_DIMS = 32  # NumPy's own limit is 64; no model here takes more than 4
+NON_FINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
 
 DATATYPES: dict[str, np.dtype] = {
     "BOOL": np.dtype(bool),
@@ -41,6 +47,9 @@ class ProtocolError(Exception):
         super().__init__(message)
         self.status = status
 
+    def __reduce__(self) -> tuple:  # raised in the parser process, re-raised in the server
+        return ProtocolError, (self.status, str(self))
+
 
 @dataclass
 class InferRequest:
@@ -51,10 +60,12 @@ class InferRequest:
     binary_default: bool = False
 
 
-def _json(raw: bytes) -> dict[str, Any]:
+def _json(raw: bytes | memoryview) -> dict[str, Any]:
     try:
-        doc = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        doc = json.loads(bytes(raw))
+    except RecursionError:
+        raise ProtocolError(400, "malformed JSON in the request: nested too deeply") from None
+    except ValueError as e:  # undecodable bytes, bad syntax, an integer of thousands of digits
         raise ProtocolError(400, f"malformed JSON in the request: {e}") from None
     if not isinstance(doc, dict):
         raise ProtocolError(400, "the request must be a JSON object")
@@ -68,6 +79,10 @@ def _shape(tensor: dict, name: str) -> list[int]:
         and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
     ):
         raise ProtocolError(400, f"input '{name}': 'shape' must be a list of non-negative ints")
+    if len(shape) > MAX_DIMS:
+        raise ProtocolError(
+            400, f"input '{name}': a shape of {len(shape)} dimensions (at most {MAX_DIMS})"
+        )
     return shape
 
 
@@ -78,6 +93,13 @@ def _object(value: Any, what: str) -> dict:
     if not isinstance(value, dict):
         raise ProtocolError(400, f"{what} must be a JSON object")
     return value
+
+
+def json_part(body_length: int, header_length: str | None) -> int:
+    """How many bytes of a body are JSON (all, without a binary part)."""
+    if header_length is not None and header_length.isdigit():
+        return min(int(header_length), body_length)
+    return body_length
 
 
 def parse_infer_request(body: bytes, header_length: str | None) -> InferRequest:
@@ -142,9 +164,9 @@ def parse_infer_request(body: bytes, header_length: str | None) -> InferRequest:
         else:
             if "data" not in tensor:
                 raise ProtocolError(400, f"input '{name}': neither 'data' nor binary data")
-            try:
+            try:  # the strings of NON_FINITE read as their floats
                 array = np.asarray(tensor["data"], dtype=dtype).reshape(-1)
-            except (TypeError, ValueError, OverflowError) as e:
+            except (TypeError, ValueError, OverflowError, RecursionError) as e:
                 raise ProtocolError(
                     400, f"input '{name}': bad 'data' for {datatype}: {e}"
                 ) from None
@@ -183,6 +205,21 @@ def parse_infer_request(body: bytes, header_length: str | None) -> InferRequest:
     )
 
 
+def json_number(x: float) -> float | str:
+    """A float as strict JSON takes it: non-finite values by their names."""
+    if math.isfinite(x):
+        return x
+    return "NaN" if math.isnan(x) else ("Infinity" if x > 0 else "-Infinity")
+
+
+def json_values(array: np.ndarray) -> list:
+    """A tensor's values as a flat JSON list (non-finite floats by their names)."""
+    flat = array.reshape(-1)
+    if flat.dtype.kind != "f" or np.isfinite(flat).all():
+        return flat.tolist()
+    return [json_number(x) for x in flat.tolist()]
+
+
 def datatype_of(array: np.ndarray) -> str:
     for name, dtype in DATATYPES.items():
         if array.dtype == dtype:
@@ -208,12 +245,12 @@ def encode_infer_response(
             tensor["parameters"] = {"binary_data_size": len(blob)}
             blobs.append(blob)
         else:
-            tensor["data"] = array.reshape(-1).tolist()
+            tensor["data"] = json_values(array)
         tensors.append(tensor)
     doc: dict[str, Any] = {"model_name": model, "model_version": "1", "outputs": tensors}
     if request.id is not None:
         doc["id"] = request.id
-    header = json.dumps(doc, separators=(",", ":")).encode()
+    header = json.dumps(doc, separators=(",", ":"), allow_nan=False).encode()
     if not blobs:
         return header, {"Content-Type": "application/json"}
     return b"".join([header, *blobs]), {
@@ -238,8 +275,8 @@ def encode_infer_request(
     elif binary:
         doc["parameters"] = {"binary_data_output": True}
     if not binary:
-        tensor["data"] = array.reshape(-1).tolist()
-        return json.dumps(doc).encode(), {"Content-Type": "application/json"}
+        tensor["data"] = json_values(array)
+        return json.dumps(doc, allow_nan=False).encode(), {"Content-Type": "application/json"}
     blob = np.ascontiguousarray(array).tobytes()
     tensor["parameters"] = {"binary_data_size": len(blob)}
     header = json.dumps(doc).encode()

@@ -11,17 +11,24 @@ import asyncio
 import hmac
 import io
 import logging
+import multiprocessing
 import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 
 import numpy as np
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
 from PIL import Image
 
 from pipeline.data import to_tensor
-from pipeline.data.folders import read_image
+from pipeline.data.folders import ImageTooLarge, read_image
 from serve.batcher import DynamicBatcher
+from serve.connections import Connection
 from serve.metrics import CONTENT_TYPE, Metrics, ModelStats
 from serve.models import ServedModel
 from serve.protocol import (
@@ -30,6 +37,8 @@ from serve.protocol import (
     ProtocolError,
     datatype_of,
     encode_infer_response,
+    json_number,
+    json_part,
     parse_infer_request,
 )
 
@@ -37,6 +46,11 @@ LOG = logging.getLogger("serve")
 SERVER_NAME = "vit-adapt-deploy"
 # the health routes (server and model readiness) a prober reaches without the API key
 OPEN_ROUTES = {"live", "ready", "model_ready"}
+# JSON above this many bytes is parsed in a child process: json.loads holds the GIL, so a
+# thread would still stall every route (a 60 MB body: seconds)
+PARSE_INLINE_BYTES = 1 << 20
+# images decoded at once: with the pixel cap, this bounds the memory decoding takes
+DECODE_WORKERS = 2
 
 
 @dataclass(frozen=True)
@@ -45,7 +59,14 @@ class ServerConfig:
     max_queue_delay_us: int = 500
     dynamic_batching: bool = True
     max_payload_bytes: int = 64 << 20
+    max_image_pixels: int = 40_000_000
     api_key: str | None = None
+    # seconds: a request's headers, its body, an idle kept-alive connection, the drain
+    header_timeout: float = 30.0
+    body_timeout: float = 60.0
+    keepalive_timeout: float = 75.0
+    shutdown_timeout: float = 30.0
+    max_connections: int = 1000
 
 
 def _version() -> str:
@@ -72,14 +93,33 @@ class _State:
             for name, m in models.items()
         }
         self.draining = False
+        self.dropped = 0  # requests the drain cancelled
+        self.decoder = ThreadPoolExecutor(DECODE_WORKERS, thread_name_prefix="decode")
+        self._parser: ProcessPoolExecutor | None = None  # started at the first large body
+
+    def parser(self) -> Executor:
+        if self._parser is None:
+            # spawn: a fork would copy the backends' threads and memory
+            self._parser = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+        return self._parser
+
+    def parser_died(self) -> None:
+        assert self._parser is not None
+        self._parser.shutdown(wait=False)
+        self._parser = None
+
+    def close(self) -> None:
+        self.decoder.shutdown(wait=False, cancel_futures=True)
+        if self._parser is not None:
+            self._parser.shutdown(wait=False, cancel_futures=True)
 
     def model(self, request: web.Request) -> ServedModel:
         """The model a `/v2/models/{model}[/versions/{version}]` route names."""
         name = request.match_info["model"]
         if name not in self.models:
-            raise ProtocolError(
-                404, f"unknown model {name!r} (this server has: {', '.join(self.models)})"
-            )
+            # with a key, an unauthenticated prober learns nothing of what is served
+            listing = f" (this server has: {', '.join(self.models)})" if request["trusted"] else ""
+            raise ProtocolError(404, f"unknown model {name!r}{listing}")
         if request.match_info.get("version", "1") not in ("1", ""):
             raise ProtocolError(404, f"model {name!r} has only version 1")
         return self.models[name]
@@ -92,23 +132,45 @@ def _error(status: int, message: str) -> web.Response:
     return web.json_response({"error": message}, status=status)
 
 
+def _has_key(request: web.Request, key: str) -> bool:
+    given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+    given = request.headers.get("X-API-Key", given)
+    # surrogateescape: a header of stray bytes is a wrong key, not a crash
+    return hmac.compare_digest(given.encode("utf-8", "surrogateescape"), key.encode("utf-8"))
+
+
 @web.middleware
 async def _guard(request: web.Request, handler) -> web.StreamResponse:
-    """API key, payload limit, metrics and the JSON error shape for every route."""
+    """API key, payload limit, metrics and the JSON error shape for every route; counts what
+    a drain drops and the clients that leave mid-request."""
     state = request.app[STATE]
+    if isinstance(request.protocol, Connection):
+        request.protocol.request_started()
     info = request.match_info.route
     route = (info.name or "unmatched").removesuffix("_v")
     state.metrics.http_requests.labels(route).inc()
+    key = state.cfg.api_key
+    request["trusted"] = not key or _has_key(request, key)
     try:
-        key = state.cfg.api_key
-        if key and route not in OPEN_ROUTES:
-            given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
-            given = request.headers.get("X-API-Key", given)
-            # surrogateescape: a header of stray bytes is a wrong key, not a crash
-            if not hmac.compare_digest(
-                given.encode("utf-8", "surrogateescape"), key.encode("utf-8")
-            ):
-                raise ProtocolError(401, "missing or wrong API key (Authorization: Bearer <key>)")
+        response = await _answer(request, handler, route)
+    except asyncio.CancelledError:
+        if state.draining:
+            state.dropped += 1
+        raise
+    except ConnectionError as e:  # the client left: nothing is sent, so no status is counted
+        state.metrics.client_disconnects.labels(route).inc()
+        LOG.info("client left during %s %s: %s", request.method, request.path, e)
+        raise
+    if response.status >= 400:
+        state.metrics.http_errors.labels(route, str(response.status)).inc()
+    return response
+
+
+async def _answer(request: web.Request, handler, route: str) -> web.StreamResponse:
+    state = request.app[STATE]
+    try:
+        if not request["trusted"] and route not in OPEN_ROUTES:
+            raise ProtocolError(401, "missing or wrong API key (Authorization: Bearer <key>)")
         size = request.content_length
         if size is not None and size > state.cfg.max_payload_bytes:
             raise ProtocolError(413, _too_large(size, state.cfg.max_payload_bytes))
@@ -119,11 +181,11 @@ async def _guard(request: web.Request, handler) -> web.StreamResponse:
         response = _error(413, _too_large(None, state.cfg.max_payload_bytes))
     except web.HTTPException as e:  # aiohttp's own: unknown route, wrong method
         response = _error(e.status, f"{e.reason}: {request.method} {request.path}")
+    except ConnectionError:
+        raise
     except Exception as e:  # a bug answers 500 and is logged; the server keeps serving
         LOG.exception("unhandled error on %s %s", request.method, request.path)
         response = _error(500, f"internal error: {type(e).__name__}: {e}")
-    if response.status >= 400:
-        state.metrics.http_errors.labels(route, str(response.status)).inc()
     return response
 
 
@@ -210,12 +272,47 @@ async def _run(state: _State, model: ServedModel, images: np.ndarray) -> np.ndar
     return result.logits
 
 
+async def _within_body_timeout(request: web.Request, read: Callable[[], Awaitable[bytes]]) -> bytes:
+    """`await read()` of the body, bounded by --body-timeout; a body the server cannot
+    decompress is the client's error."""
+    limit = request.app[STATE].cfg.body_timeout
+    try:
+        async with asyncio.timeout(limit):
+            return await read()
+    except TimeoutError:
+        raise ProtocolError(
+            408, f"the request body did not arrive within {limit:g} s (--body-timeout)"
+        ) from None
+    except (HttpProcessingError, RequestPayloadError) as e:  # bad chunks, a bad gzip body
+        reason = str(e).removeprefix("400, message:").strip()
+        encoding = request.headers.get("Content-Encoding")
+        what = f"valid Content-Encoding {encoding}" if encoding else "a well-formed body"
+        raise ProtocolError(400, f"the body is not {what}: {reason}") from None
+
+
+async def _parse(request: web.Request) -> InferRequest:
+    """The infer request of the body; large JSON is parsed in the parser process."""
+    state = request.app[STATE]
+    raw = await _within_body_timeout(request, request.read)
+    header_length = request.headers.get(HEADER_LENGTH)
+    if json_part(len(raw), header_length) <= PARSE_INLINE_BYTES:
+        return parse_infer_request(raw, header_length)
+    loop = asyncio.get_running_loop()
+    try:
+        return await loop.run_in_executor(state.parser(), parse_infer_request, raw, header_length)
+    except BrokenProcessPool:
+        state.parser_died()
+        raise ProtocolError(
+            413,
+            f"the parser process died on a JSON body of {len(raw)} bytes (out of memory?): "
+            "send large tensors as binary data",
+        ) from None
+
+
 async def _infer(request: web.Request) -> web.Response:
     state = request.app[STATE]
     model = state.model(request)
-    parsed: InferRequest = parse_infer_request(
-        await request.read(), request.headers.get(HEADER_LENGTH)
-    )
+    parsed = await _parse(request)
     name = model.backend.input_name
     unexpected = set(parsed.inputs) - {name}
     if unexpected or name not in parsed.inputs:
@@ -240,7 +337,11 @@ async def _infer(request: web.Request) -> web.Response:
 async def _image_bytes(request: web.Request) -> bytes:
     """The image of a classify request: the raw body, or the first file of a form upload."""
     if not request.content_type.startswith("multipart/"):
-        return await request.read()
+        return await _within_body_timeout(request, request.read)
+    return await _within_body_timeout(request, lambda: _form_file(request))
+
+
+async def _form_file(request: web.Request) -> bytes:
     limit = request.app[STATE].cfg.max_payload_bytes
     try:
         reader = await request.multipart()
@@ -270,13 +371,16 @@ async def _classify(request: web.Request) -> web.Response:
     if top_k < 1:
         raise ProtocolError(400, f"top_k must be at least 1, got {top_k}")
     raw = await _image_bytes(request)
+    max_pixels = state.cfg.max_image_pixels
 
     def decode() -> np.ndarray:
-        image = read_image(io.BytesIO(raw), model.input_shape[1:])
+        image = read_image(io.BytesIO(raw), model.input_shape[1:], max_pixels)
         return to_tensor(image[None], model.mean, model.std).numpy()
 
-    try:  # decoding a large image is real work: off the event loop
-        x = await asyncio.get_running_loop().run_in_executor(None, decode)
+    try:  # decoding is real work: off the event loop, a few at a time
+        x = await asyncio.get_running_loop().run_in_executor(state.decoder, decode)
+    except ImageTooLarge as e:
+        raise ProtocolError(413, f"{e} (--max-image-pixels)") from None
     except Image.DecompressionBombError as e:
         raise ProtocolError(413, f"the image is too large to decode ({e})") from None
     except (OSError, ValueError) as e:
@@ -289,7 +393,11 @@ async def _classify(request: web.Request) -> web.Response:
         {
             "model_name": model.name,
             "predictions": [
-                {"class": int(i), "label": model.classes[i], "probability": float(probs[i])}
+                {
+                    "class": int(i),
+                    "label": model.classes[i],
+                    "probability": json_number(float(probs[i])),
+                }
                 for i in order
             ],
         }
@@ -311,7 +419,9 @@ async def _shutdown(app: web.Application) -> None:
 
 
 async def _cleanup(app: web.Application) -> None:
-    await asyncio.gather(*(b.close() for b in app[STATE].batchers.values()))
+    state = app[STATE]
+    await asyncio.gather(*(b.close() for b in state.batchers.values()))
+    state.close()
 
 
 def create_app(models: dict[str, ServedModel], cfg: ServerConfig) -> web.Application:

@@ -85,6 +85,13 @@ def test_stage_deps_cover_every_module_its_command_imports(name):
     assert not missing, f"{name}: add to its deps in dvc.yaml: {', '.join(missing)}"
 
 
+@pytest.mark.parametrize("name", list(_stages()))
+def test_stage_commands_exec_so_the_stage_is_dvcs_own_child(name):
+    """DVC runs a command through `$SHELL -c`; dash (/bin/sh here) forks rather than execs, and
+    a stage whose parent is the shell would outlive a killed dvc (see pipeline.cli)."""
+    assert _spec(_stages()[name])["cmd"].startswith("exec python -m "), name
+
+
 def test_the_import_walk_finds_lazy_and_relative_imports(tmp_path):
     """The walk itself: the training stage reaches the data loader through the training loop,
     and the server's launcher reaches the server's entry point."""

@@ -230,14 +230,16 @@ def test_json_tensors_come_back_as_json(server, model_dir):
 # ---- bad input -----------------------------------------------------------------------------
 
 
-def _binary(x: np.ndarray, name: str = "images", datatype: str = "FP32") -> tuple[bytes, dict]:
+def _binary(
+    x: np.ndarray, name: str = "images", datatype: str = "FP32", shape: list[int] | None = None
+) -> tuple[bytes, dict]:
     header = json.dumps(
         {
             "inputs": [
                 {
                     "name": name,
                     "datatype": datatype,
-                    "shape": list(x.shape),
+                    "shape": list(x.shape) if shape is None else shape,
                     "parameters": {"binary_data_size": x.nbytes},
                 }
             ]
@@ -423,14 +425,64 @@ def _bad_cases() -> list[tuple[str, str, str, bytes, dict, int, str]]:
             "malformed form upload",
         ),
         (
-            "decompression bomb",
+            "pixels over the cap",  # 480 KB as a real PNG, 0.5 GB once decoded
             "POST",
             "/v2/models/tiny-merged/classify",
-            _png_header(30000, 30000),
+            _png_header(13000, 13000),
             {"Content-Type": "image/png"},
             413,
-            "too large to decode",
+            "13000x13000 = 169,000,000 pixels is over the limit of 40,000,000 pixels "
+            "(--max-image-pixels)",
         ),
+        (
+            "JSON nested 100,000 deep",
+            "POST",
+            infer,
+            b"[" * 100_000 + b"]" * 100_000,
+            {},
+            400,
+            "nested too deeply",
+        ),
+        (
+            "a shape of 100 dimensions in JSON",
+            "POST",
+            infer,
+            json_in(name="images", datatype="FP32", shape=[1] * 100, data=[0.0]),
+            {},
+            400,
+            "a shape of 100 dimensions (at most 32)",
+        ),
+        (
+            "a shape of 100 dimensions in binary",
+            "POST",
+            infer,
+            *_binary(x, shape=[1] * 97 + list(SHAPE)),
+            400,
+            "a shape of 100 dimensions",
+        ),
+        (
+            "an integer of 5,000 digits",
+            "POST",
+            infer,
+            b'{"inputs": [{"name": "images", "datatype": "FP32", "shape": [1], "data": ['
+            + b"9" * 5000
+            + b"]}]}",
+            {},
+            400,
+            "malformed JSON",
+        ),
+        *[
+            (
+                f"a malformed {encoding} body",
+                "POST",
+                infer,
+                b"\x00 this is not compressed \xff" * 4,
+                {"Content-Encoding": encoding},
+                400,
+                f"not valid Content-Encoding {encoding}",
+            )
+            for encoding in ("gzip", "deflate", "br")
+        ],
         ("wrong method", "GET", infer, None, {}, 405, "Method Not Allowed"),
         ("unknown route", "GET", "/v3/whatever", None, {}, 404, "Not Found"),
     ]
@@ -566,6 +618,10 @@ def test_api_key_guards_everything_but_health(model_dir):
         assert _http(f"{s.url}/v2/models/tiny-merged", headers={"X-API-Key": "wrong"})[0] == 401
         assert _http(f"{s.url}/v2/health/ready")[0] == 200
         assert _http(f"{s.url}/v2/models/tiny-merged/ready")[0] == 200  # a model's probe
+        unknown = _http(f"{s.url}/v2/models/secret/ready")  # open, but it lists nothing
+        assert unknown[0] == 404 and "tiny-merged" not in unknown[2].decode()
+        known = _http(f"{s.url}/v2/models/secret/ready", headers={"X-API-Key": "s3cret"})
+        assert "tiny-merged" in json.loads(known[2])["error"]
         assert _http(f"{s.url}/metrics")[0] == 401
         stray = _http(f"{s.url}/v2/models/tiny-merged", headers={"X-API-Key": "s3cr\xffet"})
         assert stray[0] == 401 and "API key" in json.loads(stray[2])["error"]

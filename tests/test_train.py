@@ -1,14 +1,18 @@
+import contextlib
 import itertools
 import json
+import os
+import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from pipeline import PipelineError, adapters
 from pipeline.config import TrainConfig
@@ -131,3 +135,110 @@ def test_a_checkpoint_of_another_run_is_not_resumed(tmp_path, tiny_vit, glyph_da
         checkpoint_dir=ck,
     )
     assert [h["epoch"] for h in history] == [1, 2]  # trained from scratch, not resumed
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda ck: _cut(ck / "last.json"),
+        lambda ck: _cut(ck / "last.safetensors"),
+        lambda ck: save_file({"model.other": torch.zeros(1)}, ck / "last.safetensors"),
+    ],
+    ids=["json-truncated", "tensors-truncated", "tensors-of-another-model"],
+)
+def test_a_damaged_checkpoint_is_set_aside_and_training_starts_over(
+    tmp_path, tiny_vit, glyph_data, capsys, damage
+):
+    cfg = TrainConfig(epochs=2, batch_size=32, lr=1e-2)
+    ck = tmp_path / "ck"
+    with pytest.raises(_Crash):
+        fit(
+            adapters.inject(tiny_vit(), "lora"),
+            glyph_data,
+            glyph_data,
+            cfg,
+            seed=0,
+            checkpoint_dir=ck,
+            on_epoch_end=_crash_after_first_epoch,
+        )
+    damage(ck)
+    damaged = {f.name: f.read_bytes() for f in ck.iterdir()}
+    capsys.readouterr()
+    history = fit(
+        adapters.inject(tiny_vit(), "lora"), glyph_data, glyph_data, cfg, seed=0, checkpoint_dir=ck
+    )
+    assert [h["epoch"] for h in history] == [1, 2]  # from scratch
+    (aside,) = tmp_path.glob("ck.corrupt-*")
+    assert {f.name: f.read_bytes() for f in aside.iterdir()} == damaged, "nothing is lost"
+    (line,) = [x for x in capsys.readouterr().err.splitlines() if "damaged checkpoint" in x]
+    assert line.startswith(f"{ck}: ") and str(aside) in line
+
+
+def _cut(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def test_a_second_run_on_a_live_runs_checkpoint_is_refused(tmp_path, tiny_vit, glyph_data):
+    ck, cfg = tmp_path / "ck", TrainConfig(epochs=1, batch_size=32)
+    job = subprocess.Popen(
+        [sys.executable, str(JOB), str(ck), str(tmp_path / "x"), "--slow"],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.time() + 120
+        while not (ck / "last.json").is_file() and time.time() < deadline:
+            time.sleep(0.2)
+        with pytest.raises(PipelineError, match=rf"^{re.escape(str(ck))}: .*\(pid {job.pid}\)"):
+            fit(
+                adapters.inject(tiny_vit(), "lora"),
+                glyph_data,
+                glyph_data,
+                cfg,
+                seed=0,
+                checkpoint_dir=ck,
+            )
+    finally:
+        job.kill()
+        job.wait()
+    # the kernel drops a dead holder's lock: the next run goes ahead
+    history = fit(
+        adapters.inject(tiny_vit(), "lora"), glyph_data, glyph_data, cfg, seed=0, checkpoint_dir=ck
+    )
+    assert len(history) == 1
+
+
+# a stage as DVC runs it (DVC_STAGE set), started by a parent that is then SIGKILLed
+_STAGE = """
+import os, time
+from pipeline.cli import run_stage
+def main(argv):
+    print(os.getpid(), flush=True)
+    time.sleep(120)
+run_stage(main)
+"""
+_PARENT = f"""
+import os, subprocess, sys
+subprocess.run([sys.executable, "-c", {_STAGE!r}], env={{**os.environ, "DVC_STAGE": "train"}})
+"""
+
+
+def test_a_stage_dies_with_the_dvc_that_ran_it():
+    parent = subprocess.Popen(
+        [sys.executable, "-c", _PARENT], cwd=ROOT, stdout=subprocess.PIPE, text=True
+    )
+    stage = int(parent.stdout.readline())
+    parent.kill()
+    parent.wait()
+    # the stage holds the pipe's write end too: the pipe ends when the stage has exited
+    reader = threading.Thread(target=parent.stdout.read)
+    reader.start()
+    reader.join(timeout=10)
+    try:
+        assert not reader.is_alive(), "the stage outlived its parent"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(stage, signal.SIGKILL)
+        reader.join()

@@ -15,10 +15,10 @@ import re
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 from timm.models.vision_transformer import VisionTransformer
 
 from pipeline import PipelineError
+from pipeline.io import read_tensors
 
 PREFIX = "base_model.model."
 UNSUPPORTED = {"use_dora": "DoRA", "fan_in_fan_out": "fan_in_fan_out", "lora_bias": "LoRA bias"}
@@ -46,7 +46,7 @@ def merge_peft_lora(model: VisionTransformer, folder: str | Path) -> VisionTrans
     for key, what in UNSUPPORTED.items():
         if config.get(key):
             raise PipelineError(f"{folder}: {what} adapters cannot be merged here")
-    tensors = {k.removeprefix(PREFIX): v for k, v in load_file(str(weights_file)).items()}
+    tensors = {k.removeprefix(PREFIX): v for k, v in read_tensors(weights_file).items()}
     merged = copy.deepcopy(model).float()
     modules = dict(merged.named_modules())
     state = {}

@@ -11,13 +11,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
 
 from pipeline.config import TrainConfig
 from pipeline.continual.losses import current_only, masked_ce
 from pipeline.continual.model import PromptedViT
 from pipeline.data import ImageSet
-from pipeline.io import read_json, save_tensors, write_json
+from pipeline.io import read_json, read_tensors, save_tensors, write_json
 from pipeline.train import fit
 from pipeline.train.loop import LossFn, evaluate, predict
 
@@ -113,7 +112,7 @@ def _restore(done: Path, model: torch.nn.Module, key: str) -> list[float | None]
     saved = read_json(done / "row.json") if (done / "row.json").is_file() else {}
     if saved.get("fingerprint") != key:
         return None
-    state = load_file(str(done / "state.safetensors"))
+    state = read_tensors(done / "state.safetensors")
     params = dict(model.named_parameters())
     with torch.no_grad():
         for name, value in state.items():

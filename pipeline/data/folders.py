@@ -14,11 +14,23 @@ from pipeline.data.arrays import ImageSet
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
 
-def read_image(source: str | Path | BinaryIO, size: int | tuple[int, int]) -> np.ndarray:
+class ImageTooLarge(ValueError):
+    """An image whose header declares more pixels than the caller allows."""
+
+
+def read_image(
+    source: str | Path | BinaryIO, size: int | tuple[int, int], max_pixels: int | None = None
+) -> np.ndarray:
     """One image file (path or open binary file) as uint8 RGB (H, W, 3) at `size` (square, or
-    (H, W)); raises OSError or ValueError for what is not a readable image."""
+    (H, W)); raises OSError or ValueError for what is not a readable image, ImageTooLarge
+    (checked from the header, before any decoding) for one over `max_pixels`."""
     height, width = (size, size) if isinstance(size, int) else size
-    with Image.open(source) as im:
+    with Image.open(source) as im:  # reads the header only
+        if max_pixels is not None and im.width * im.height > max_pixels:
+            raise ImageTooLarge(
+                f"an image of {im.width}x{im.height} = {im.width * im.height:,} pixels is over "
+                f"the limit of {max_pixels:,} pixels"
+            )
         return np.asarray(im.convert("RGB").resize((width, height), Image.Resampling.BICUBIC))
 
 

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from pipeline.data import MEAN, STD
+from pipeline.io import reading
 
 CLASSES, IMAGE_MEAN, IMAGE_STD = "classes", "image_mean", "image_std"
 
@@ -20,6 +21,7 @@ def read_preprocessing(path: str | Path) -> dict[str, list]:
     """classes / image_mean / image_std from an ONNX file's metadata_props (those it has)."""
     import onnx
 
-    proto = onnx.load(str(path), load_external_data=False)
+    with reading(path, "ONNX model"):
+        proto = onnx.load(str(path), load_external_data=False)
     props = {p.key: p.value for p in proto.metadata_props}
     return {k: json.loads(props[k]) for k in (CLASSES, IMAGE_MEAN, IMAGE_STD) if k in props}

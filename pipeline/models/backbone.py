@@ -14,11 +14,10 @@ from typing import Any
 import numpy as np
 import timm
 import torch
-from safetensors.torch import load_file
 from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
 
 from pipeline import PipelineError, paths
-from pipeline.io import read_json, save_tensors, write_json
+from pipeline.io import read_json, read_tensors, save_tensors, write_json
 
 
 def check_arch(arch: str, key: str = "arch") -> None:
@@ -55,7 +54,7 @@ def _read_checkpoint(path: Path) -> dict[str, torch.Tensor] | None:
                 return None
             return {k: torch.from_numpy(z[k]) for k in z.files}
     if path.suffix == ".safetensors":
-        return load_file(str(path))
+        return read_tensors(path)
     if path.suffix in {".pth", ".pt", ".bin"}:
         state = torch.load(path, map_location="cpu", weights_only=True)
         for key in ("state_dict_ema", "model_ema", "state_dict", "model"):
@@ -131,7 +130,7 @@ def load_model(folder: str | Path, num_classes: int | None = None) -> VisionTran
     spec = read_json(folder / paths.MODEL_META)
     keep_head = num_classes is None or num_classes == spec["num_classes"]
     model = create(spec["arch"], spec["kwargs"], spec["num_classes"] if keep_head else num_classes)
-    state = load_file(str(folder / paths.MODEL_FILE))
+    state = read_tensors(folder / paths.MODEL_FILE)
     if not keep_head:
         state = {k: v for k, v in state.items() if not k.startswith("head.")}
     missing, unexpected = model.load_state_dict(state, strict=False)

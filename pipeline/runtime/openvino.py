@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import PipelineError
+from pipeline.io import reading
 from pipeline.runtime.hardware import this_cpu
 
 OV_PRECISIONS = ("fp32", "bf16", "int8", "default")
@@ -74,8 +75,9 @@ class OpenVinoBackend:
         if not Path(path).is_file():
             raise PipelineError(f"{path}: OpenVINO model not found (run the export stage first)")
         self.name, self.precision, self.path, self.threads = name, precision, Path(path), threads
-        core = ov.Core()
-        self.compiled = core.compile_model(str(path), "CPU", compile_config(precision, threads))
+        config = compile_config(precision, threads)
+        with reading(path, "OpenVINO model"):
+            self.compiled = ov.Core().compile_model(str(path), "CPU", config)
         # what the plugin really computes in (the `default` precision's choice)
         hint = self.compiled.get_property("INFERENCE_PRECISION_HINT")
         self.inference_precision = hint.get_type_name()  # f32, bf16

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from pipeline import PipelineError
+from pipeline.io import reading
 
 
 def ort_providers() -> list[str]:
@@ -36,7 +37,8 @@ class OnnxRuntimeBackend:
         if threads:
             opts.intra_op_num_threads = threads
             opts.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(str(path), opts, providers=ort_providers())
+        with reading(path, "ONNX model"):
+            self.session = ort.InferenceSession(str(path), opts, providers=ort_providers())
         self.on_gpu = self.session.get_providers()[0] == "CUDAExecutionProvider"
         (tensor,) = self.session.get_inputs()
         self.input_name, self.output_name = tensor.name, self.session.get_outputs()[0].name

@@ -179,8 +179,9 @@ def fit(
     """Train the parameters of `model` that require grad; return the per-epoch history.
 
     A checkpoint is written after every epoch to `checkpoint_dir` and removed when training
-    completes; a later call for the same run resumes from it. `evaluate_fn(model)` gives the
-    per-epoch (val loss, val top-1); by default cross-entropy and top-1 of the logits on `val`.
+    completes; a later call for the same run resumes from it (a damaged one is set aside), and
+    a second call on the same folder while this one runs is refused. `evaluate_fn(model)` gives
+    the per-epoch (val loss, val top-1); by default cross-entropy and top-1 of the logits on `val`.
 
     Under torchrun each process trains on its slice of every batch of `cfg.batch_size` (the
     global batch) and ends with the same weights; only rank 0 prints, logs and checkpoints.
@@ -199,91 +200,93 @@ def fit(
     checkpoint_dir = Path(checkpoint_dir)
     key = _fingerprint(model, cfg, seed, (len(train), len(val)), fingerprint)
 
-    torch.manual_seed(seed)
-    meta = checkpoint.load(checkpoint_dir, model, optimizer, key)
-    start, history = (meta["epoch"], meta["history"]) if meta else (0, [])
-    if world > 1:
-        _join(model, start, desc)
-    if meta and main:
-        tqdm.write(f"{desc}: resuming from the checkpoint of epoch {start}/{cfg.epochs}")
+    # one process writes the checkpoint (and holds the lock); the ranks share the folder
+    with checkpoint.locked(checkpoint_dir) if main else contextlib.nullcontext():
+        torch.manual_seed(seed)
+        meta = checkpoint.load(checkpoint_dir, model, optimizer, key)
+        start, history = (meta["epoch"], meta["history"]) if meta else (0, [])
+        if world > 1:
+            _join(model, start, desc)
+        if meta and main:
+            tqdm.write(f"{desc}: resuming from the checkpoint of epoch {start}/{cfg.epochs}")
 
-    live = None
-    if live_dir is not None and main:
-        from dvclive import Live
+        live = None
+        if live_dir is not None and main:
+            from dvclive import Live
 
-        live = Live(str(live_dir), save_dvc_exp=False, dvcyaml=None)
-        for row in history:  # the stage's outputs were reset: log the epochs before the resume
-            _log(live, row)
+            live = Live(str(live_dir), save_dvc_exp=False, dvcyaml=None)
+            for row in history:  # the stage's outputs were reset: log the epochs before the resume
+                _log(live, row)
 
-    data = loader(
-        train,
-        cfg.batch_size,
-        shuffle=True,
-        seed=seed,
-        num_workers=cfg.num_workers,
-        shard=(rank, world),
-    )
-    steps_per_epoch = len(data)
-    total = cfg.epochs * steps_per_epoch
-    warmup = round(cfg.warmup_epochs * steps_per_epoch)
-    # Under torchrun each rank draws its own dropout masks (one stream would repeat a mask on
-    # every shard), seeded per epoch by (seed, epoch, rank) so that a resume stays exact without
-    # every rank's RNG state; forked, so the stream after training is the same on every rank.
-    streams = contextlib.nullcontext()
-    if world > 1:
-        streams = torch.random.fork_rng(devices=[device] if device.type == "cuda" else [])
-    with streams:
-        for epoch in range(start, cfg.epochs):
-            data.generator.manual_seed(seed * 100_003 + epoch)
-            if world > 1:
-                torch.manual_seed((seed * 100_003 + epoch) * world + rank)
-            model.train()
-            running, seen = 0.0, 0
-            bar = tqdm(
-                data,
-                desc=f"{desc} {epoch + 1}/{cfg.epochs}",
-                leave=False,
-                mininterval=1.0,
-                disable=not (main and sys.stderr.isatty()),
-            )
-            for i, (x, y) in enumerate(bar):
-                lr = lr_at(epoch * steps_per_epoch + i, total, warmup, cfg.lr, cfg.min_lr_ratio)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                loss_sum, count = train_step(model, loss_fn, x, y, optimizer, cfg, trainable)
-                running += loss_sum
-                seen += count
-                bar.set_postfix(loss=f"{running / seen:.4f}", lr=f"{lr:.2e}")
-            val_loss, val_top1 = (evaluate_fn or (lambda m: evaluate(m, val)))(model)
-            row = {
-                "epoch": epoch + 1,
-                "train_loss": running / seen,
-                "val_loss": val_loss,
-                "val_top1": val_top1,
-                "lr": lr,
-            }
-            history.append(row)
-            if main:
-                tqdm.write(
-                    f"{desc} epoch {epoch + 1}/{cfg.epochs}: loss {row['train_loss']:.4f} "
-                    f"val loss {val_loss:.4f} val top-1 {val_top1:.2f}%"
+        data = loader(
+            train,
+            cfg.batch_size,
+            shuffle=True,
+            seed=seed,
+            num_workers=cfg.num_workers,
+            shard=(rank, world),
+        )
+        steps_per_epoch = len(data)
+        total = cfg.epochs * steps_per_epoch
+        warmup = round(cfg.warmup_epochs * steps_per_epoch)
+        # Under torchrun each rank draws its own dropout masks (one stream would repeat a mask on
+        # every shard), seeded per epoch by (seed, epoch, rank) so that a resume stays exact without
+        # every rank's RNG state; forked, so the stream after training is the same on every rank.
+        streams = contextlib.nullcontext()
+        if world > 1:
+            streams = torch.random.fork_rng(devices=[device] if device.type == "cuda" else [])
+        with streams:
+            for epoch in range(start, cfg.epochs):
+                data.generator.manual_seed(seed * 100_003 + epoch)
+                if world > 1:
+                    torch.manual_seed((seed * 100_003 + epoch) * world + rank)
+                model.train()
+                running, seen = 0.0, 0
+                bar = tqdm(
+                    data,
+                    desc=f"{desc} {epoch + 1}/{cfg.epochs}",
+                    leave=False,
+                    mininterval=1.0,
+                    disable=not (main and sys.stderr.isatty()),
                 )
-                if live:
-                    _log(live, row)
-                checkpoint.save(
-                    checkpoint_dir,
-                    model,
-                    optimizer,
-                    {"fingerprint": key, "epoch": epoch + 1, "history": history},
-                )
-            if on_epoch_end:
-                on_epoch_end(epoch + 1)
-    if live:
-        live.end()
-    if main:
-        checkpoint.clear(checkpoint_dir)
-    return history
+                for i, (x, y) in enumerate(bar):
+                    lr = lr_at(epoch * steps_per_epoch + i, total, warmup, cfg.lr, cfg.min_lr_ratio)
+                    for group in optimizer.param_groups:
+                        group["lr"] = lr
+                    x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                    loss_sum, count = train_step(model, loss_fn, x, y, optimizer, cfg, trainable)
+                    running += loss_sum
+                    seen += count
+                    bar.set_postfix(loss=f"{running / seen:.4f}", lr=f"{lr:.2e}")
+                val_loss, val_top1 = (evaluate_fn or (lambda m: evaluate(m, val)))(model)
+                row = {
+                    "epoch": epoch + 1,
+                    "train_loss": running / seen,
+                    "val_loss": val_loss,
+                    "val_top1": val_top1,
+                    "lr": lr,
+                }
+                history.append(row)
+                if main:
+                    tqdm.write(
+                        f"{desc} epoch {epoch + 1}/{cfg.epochs}: loss {row['train_loss']:.4f} "
+                        f"val loss {val_loss:.4f} val top-1 {val_top1:.2f}%"
+                    )
+                    if live:
+                        _log(live, row)
+                    checkpoint.save(
+                        checkpoint_dir,
+                        model,
+                        optimizer,
+                        {"fingerprint": key, "epoch": epoch + 1, "history": history},
+                    )
+                if on_epoch_end:
+                    on_epoch_end(epoch + 1)
+        if live:
+            live.end()
+        if main:
+            checkpoint.clear(checkpoint_dir)
+        return history
 
 
 def _log(live: Any, row: dict[str, float]) -> None:
