@@ -18,7 +18,6 @@ from pipeline.export import export_onnx
 from pipeline.export.metadata import preprocessing, read_preprocessing
 from pipeline.export.openvino import to_openvino
 from pipeline.manifest import KINDS, Manifest
-from pipeline.runtime import openvino
 from pipeline.runtime.open import open_backend
 from tests.conftest import TINY, images
 
@@ -121,8 +120,6 @@ def exported(tmp_path, trained_like) -> Path:
 
 @pytest.mark.parametrize("kind", ["onnxruntime", "openvino"])
 def test_a_truncated_exported_model_is_named(tmp_path, trained_like, kind):
-    if kind == "openvino" and openvino.unavailable():
-        pytest.skip(openvino.unavailable())
     onnx = export_onnx(
         trained_like, tmp_path / KINDS["onnxruntime"].file, 16, metadata=preprocessing(CLASSES)
     )
