@@ -2,7 +2,7 @@
 
 Run after `make repro` (it reads the prepared data and frozen backbones):
     .venv/bin/python -m experiments.idat_seeds --seeds 0 1 2 --method arc
-Writes metrics/idat_seeds.json: per seed the test top-1 of both, and mean ± std.
+Writes reports/idat_seeds.json: per seed the test top-1 of both, and mean ± std.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--method", default="arc")
     parser.add_argument("--kd", choices=["mse", "kl"], help="default: distill.idat.kd")
-    parser.add_argument("--out", default=str(paths.METRICS / "idat_seeds.json"))
+    parser.add_argument("--out", default=str(paths.REPORTS / "idat_seeds.json"))
     args = parser.parse_args()
     base = load_params()
     if args.kd:

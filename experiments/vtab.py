@@ -177,7 +177,7 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--preset", help="default: configs/vtab-<method>.yaml (ARC's for arc_att)")
     parser.add_argument("--weights", action="append", default=[], metavar="ROLE=PATH")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    parser.add_argument("--out", default=str(paths.METRICS / "vtab"))
+    parser.add_argument("--out", default=str(paths.REPORTS / "vtab"))
     args = parser.parse_args(argv)
     preset = args.preset or DEFAULT_PRESETS.get(args.method)
     if preset is None:

@@ -96,7 +96,7 @@ def load_torch_folder(folder: str | Path) -> tuple[torch.nn.Module, list[str]]:
 
 def merges(variant: Variant) -> bool:
     """Whether the merge stage makes a `-merged` form of this variant."""
-    return adapters.has_adapters(variant.method) and adapters.is_mergeable(variant.method)
+    return adapters.has_merged_form(variant.method)
 
 
 def deployables(variants: list[Variant]) -> dict[str, Variant]:

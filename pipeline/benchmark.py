@@ -11,7 +11,7 @@ from pipeline.artifacts import deployables, load_task, load_torch_folder, merges
 from pipeline.config import Params
 from pipeline.data import to_tensor
 from pipeline.manifest import read_manifest
-from pipeline.runtime.latency import latency_rows, p50_ratios
+from pipeline.runtime.latency import latency_rows, p50_ratios, warn_unstable
 from pipeline.runtime.open import open_backend
 from pipeline.runtime.pytorch import TorchBackend
 from pipeline.variants import Variant
@@ -34,11 +34,14 @@ def in_process(params: Params, variants: list[Variant]) -> list[dict]:
                 cfg.batch_sizes,
                 cfg.warmup,
                 cfg.iterations,
+                cfg.stability,
+                cfg.max_windows,
                 variant=name,
                 transport="in-process",
                 concurrency=1,
                 errors=0,
             )
+    warn_unstable(rows)
     return rows
 
 
@@ -51,7 +54,7 @@ def _by_concurrency(row: dict) -> tuple[str]:
 
 
 def ratios(rows: list[dict], variants: list[Variant]) -> dict:
-    """The latency ratios of metrics/benchmark.json (keys `backend@batch` in process,
+    """The latency ratios of reports/benchmark.json (keys `backend@batch` in process,
     `backend@c<concurrency>` over HTTP)."""
     local = [r for r in rows if r["transport"] == "in-process"]
     served = [r for r in rows if r["transport"] == "http"]

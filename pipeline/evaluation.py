@@ -21,10 +21,9 @@ from pipeline.variants import all_variants
 
 @dataclass
 class Evaluation:
-    report: dict = field(default_factory=dict)  # metrics/evaluate.json
+    report: dict = field(default_factory=dict)  # reports/evaluate.json
     classes: list[str] = field(default_factory=list)
     matrices: dict[str, np.ndarray] = field(default_factory=dict)  # one per variant
-    predictions: dict[str, list[dict]] = field(default_factory=dict)  # dvc's confusion plots
 
 
 def evaluate_all(params: Params) -> Evaluation:
@@ -45,10 +44,6 @@ def evaluate_all(params: Params) -> Evaluation:
         }
         if name == variant.name:  # a merged form predicts the same: one matrix per variant
             out.matrices[name] = confusion_matrix(test.labels, preds, len(test.classes))
-        out.predictions[name] = [
-            {"actual": test.classes[a], "predicted": test.classes[p]}
-            for a, p in zip(test.labels, preds)
-        ]
         print(
             f"{name}: top-1 {out.report[name]['top1']:.2f}% (torch), "
             f"{out.report[name]['top1_onnxruntime']:.2f}% (ONNX Runtime)"

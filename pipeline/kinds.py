@@ -13,7 +13,7 @@ OUTPUT_NAME = "logits"
 @dataclass(frozen=True)
 class Kind:
     """One kind of artefact: the file name it has in a model's folder, the runtime that runs it,
-    its precision, its prefix in metrics/export.json, and whether the benchmark times it on the
+    its precision, its prefix in reports/export.json, and whether the benchmark times it on the
     runtime's usual device (FP16 graphs and QDQ INT8 are for GPU runtimes: built and checked,
     not timed on a CPU)."""
 

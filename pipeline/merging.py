@@ -15,7 +15,7 @@ from pipeline.variants import all_variants
 
 
 def merge_all(params: Params) -> dict:
-    """Merge every mergeable variant of the run; the report metrics/merge.json holds."""
+    """Merge every mergeable variant of the run; the report reports/merge.json holds."""
     (test,) = load_task("test")
     report = {}
     for variant in all_variants(params):

@@ -11,7 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-from pipeline.io import atomic_path
+from pipeline.io import atomic_dir, atomic_path
 
 
 def confusion_matrix(labels: np.ndarray, preds: np.ndarray, num_classes: int) -> np.ndarray:
@@ -239,3 +239,35 @@ def training_costs(rows: list[dict], path: str | Path) -> None:
         ax.invert_yaxis()
     fig.suptitle("training cost per method against full fine-tuning")
     _save(fig, path)
+
+
+def _curves(run: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """A dvclive run's logged metrics: {"val/top1": (steps, values)} from its plots/metrics TSVs."""
+    root = run / "plots" / "metrics"
+    out = {}
+    for tsv in sorted(root.rglob("*.tsv")):
+        table = np.genfromtxt(tsv, delimiter="\t", names=True, dtype=float, ndmin=1)
+        step, value = table.dtype.names[:2]
+        out[tsv.relative_to(root).with_suffix("").as_posix()] = (table[step], table[value])
+    return out
+
+
+def training_curves(runs: dict[str, Path], folder: str | Path, title: str) -> None:
+    """One PNG per logged metric (`val_top1.png`, ...), a line per run: the variants compared on
+    the same axes instead of one small chart per run."""
+    by_metric: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
+    for name, run in runs.items():
+        for metric, curve in _curves(run).items():
+            by_metric.setdefault(metric, {})[name] = curve
+    with atomic_dir(folder) as tmp:
+        for metric, curves in by_metric.items():
+            fig, ax = plt.subplots(figsize=(7.5, 4.5))
+            for i, (name, (steps, values)) in enumerate(curves.items()):
+                style = ("-", "--", ":")[i // 10 % 3]  # ten colours, then dashes: 30 runs apart
+                ax.plot(steps, values, label=name, color=f"C{i % 10}", ls=style)
+            ax.set_xlabel("epoch")
+            ax.set_ylabel(metric)
+            ax.set_title(f"{title}: {metric}")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+            _save(fig, tmp / f"{metric.replace('/', '_')}.png")

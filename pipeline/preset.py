@@ -27,10 +27,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel
 
-from pipeline.artifacts import merges
 from pipeline.cli import run_stage
 from pipeline.config import ConfigError, Params, parse_params
-from pipeline.variants import all_variants
 
 DATA_FOLDERS = {  # data.source: what --data names, and how it looks
     "vtab": ("VTAB-1K task folder", "e.g. vtab-1k/dtd: train800val200.txt, test.txt"),
@@ -175,21 +173,7 @@ def resolve(
         if not Path(path).is_file():
             raise ConfigError(f"--weights {role}: checkpoint file '{path}' not found")
         roles[role]["weights"] = str(Path(path).resolve())
-    params = parse_params(target)
-    _check_serving(params)
-    return target, params
-
-
-def _check_serving(params: Params) -> None:
-    """benchmark.serve.variants must have merged forms (the benchmark stage, at the end of a
-    long run, would stop on it otherwise)."""
-    mergeable = {v.name for v in all_variants(params) if merges(v)}
-    for name in params.benchmark.serve.variants or []:
-        if name not in mergeable:
-            raise ConfigError(
-                f"benchmark.serve.variants: {name!r} is not a variant with a merged form "
-                f"(mergeable: {', '.join(sorted(mergeable)) or 'none'})"
-            )
+    return target, parse_params(target)  # parse_params checks benchmark.serve.variants too
 
 
 def check_data(params: Params) -> None:

@@ -6,7 +6,7 @@ and achieved TFLOP/s as a share of the hardware's peak at the row's precision, w
 Runtime's operator profile and OpenVINO's per-layer counters to say where the time goes.
 
 `best` per batch size is the fastest artefact the export stage ships whose top-1 stayed within
-export.max_top1_drop on every shipped model (metrics/export.json): accuracy is measured on the
+export.max_top1_drop on every shipped model (reports/export.json): accuracy is measured on the
 trained models; this measures the real architecture (random weights: speed does not depend on
 them). The default models are small enough for CPU training, too small for their latency to say
 anything about a real deployment.
@@ -33,7 +33,7 @@ from pipeline.manifest import KINDS
 from pipeline.runtime import openvino
 from pipeline.runtime.base import Backend
 from pipeline.runtime.hardware import this_cpu
-from pipeline.runtime.latency import label, latency_rows, p50_ratios
+from pipeline.runtime.latency import label, latency_rows, p50_ratios, unstable, warn_unstable
 from pipeline.runtime.ort import OnnxRuntimeBackend
 from pipeline.runtime.profile import flops_per_image, openvino_profile, ort_profile
 from pipeline.runtime.pytorch import CompiledTorchBackend, TorchBackend, torch_backend
@@ -187,7 +187,7 @@ def best_rows(rows: list[dict], eligible: set[str]) -> dict:
 
 
 def reference_report(params: Params) -> dict:
-    """metrics/reference.json: the hardware and its peaks, the rows, the speed-ups over torch
+    """reports/reference.json: the hardware and its peaks, the rows, the speed-ups over torch
     eager, `best` per batch size, ONNX Runtime's and OpenVINO's per-operator profile."""
     cfg, threads = params.benchmark.reference, params.benchmark.threads
     seed_everything(params.seed)
@@ -212,7 +212,7 @@ def reference_report(params: Params) -> dict:
     else:
         report["hardware"] = this_cpu().describe(threads)
         peaks = report["hardware"]["peak_tflops"]
-    export_json = paths.METRICS / "export.json"
+    export_json = paths.REPORTS / "export.json"
     eligible = shippable(read_json(export_json) if export_json.is_file() else None)
     with tempfile.TemporaryDirectory() as scratch:
         files, fused = _onnx_artefacts(model, cfg, calibration, Path(scratch))
@@ -241,6 +241,8 @@ def reference_report(params: Params) -> dict:
                 cfg.batch_sizes,
                 cfg.warmup,
                 cfg.iterations,
+                params.benchmark.stability,
+                params.benchmark.max_windows,
                 on_device=True,
                 max_images=cfg.max_images,
                 **fields,
@@ -268,9 +270,11 @@ def reference_report(params: Params) -> dict:
     }
     report["best"] = best_rows(rows, eligible)
     report["rows"] = rows
+    report["unstable"] = unstable(rows)
     for bs, entry in report["best"].items():
         ratios = ", ".join(f"{v:.2f}x {k[5:]}" for k, v in entry.items() if k.startswith("over"))
         print(f"best at batch {bs}: {entry['backend']} ({ratios})")
+    warn_unstable(rows)  # last: the speed-ups above are built on these rows
     return report
 
 

@@ -38,7 +38,7 @@ def workload(params: Params, method: str) -> Workload:
 
 
 def training_report(params: Params) -> dict:
-    """metrics/train_benchmark.json: a row per method of benchmark.training.methods, and each
+    """reports/train_benchmark.json: a row per method of benchmark.training.methods, and each
     one's images/s and peak memory over full fine-tuning's."""
     cfg = params.benchmark.training
     torch.set_num_threads(params.benchmark.threads)

@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import torch
 
-from pipeline import paths
+from pipeline import paths, summary
 from pipeline.benchmark import in_process, ratios
 from pipeline.cli import run_stage
 from pipeline.config import load_params
-from pipeline.io import write_json
 from pipeline.plots import latency_bars, latency_throughput, ratio_bars
+from pipeline.runtime.latency import unstable
 from pipeline.variants import all_variants
 from serve.study import served
 
@@ -22,8 +22,14 @@ def main(argv: list[str]) -> None:
     variants = all_variants(params)
     local = in_process(params, variants)
     http, serving = served(params, variants, local)
-    report = {"rows": local + http, **ratios(local + http, variants), "serving": serving}
-    write_json(paths.METRICS / "benchmark.json", report)
+    rows = local + http
+    report = {
+        "rows": rows,
+        "unstable": unstable(rows),
+        **ratios(rows, variants),
+        "serving": serving,
+    }
+    summary.save("benchmark", report)
     latency_bars(local, paths.PLOTS / "benchmark.png")
     ratio_bars(report["unmerged_over_merged"], paths.PLOTS / "merge_speedup.png")
     latency_throughput(

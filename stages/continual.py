@@ -9,17 +9,16 @@ the student's size (see pipeline.continual.deploy).
 
 from __future__ import annotations
 
-from pipeline import paths
+from pipeline import paths, summary
 from pipeline.cli import run_stage
 from pipeline.config import load_params
 from pipeline.continual.deploy import continual_report
-from pipeline.io import write_json
 from pipeline.plots import continual_curves
 
 
 def main(argv: list[str]) -> None:
     report = continual_report(load_params())
-    write_json(paths.METRICS / "continual.json", report)
+    summary.save("continual", report)
     continual_curves(report["accuracy"], paths.PLOTS / "continual.png")
 
 

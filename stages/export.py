@@ -6,15 +6,14 @@ from __future__ import annotations
 
 import torch
 
-from pipeline import paths
+from pipeline import summary
 from pipeline.cli import run_stage
 from pipeline.config import load_params
 from pipeline.export.deploy import export_all
-from pipeline.io import write_json
 
 
 def main(argv: list[str]) -> None:
-    write_json(paths.METRICS / "export.json", export_all(load_params()))
+    summary.save("export", export_all(load_params()))
 
 
 if __name__ == "__main__":

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import torch
 
-from pipeline import paths
+from pipeline import summary
 from pipeline.cli import run_stage
 from pipeline.config import load_params
-from pipeline.io import write_json
 from pipeline.merging import merge_all
 
 
 def main(argv: list[str]) -> None:
-    write_json(paths.METRICS / "merge.json", merge_all(load_params()))
+    summary.save("merge", merge_all(load_params()))
 
 
 if __name__ == "__main__":

@@ -2,22 +2,22 @@
 
 from __future__ import annotations
 
-from pipeline import paths
+from pipeline import paths, summary
 from pipeline.cli import run_stage
 from pipeline.config import load_params
 from pipeline.data import prepare, save_split
-from pipeline.io import write_json
 
 
 def main(argv: list[str]) -> None:
     params = load_params()
     task = prepare.downstream(params.data)
+    prepare.check_task(params, task)  # before anything is written: nothing trains on bad settings
     for name, split in task.items():
         save_split(paths.DOWNSTREAM / f"{name}.npz", split)
     src = prepare.source(params.pretrain, params.data.image_size, params.seed)
     for name, split in src.items():
         save_split(paths.SOURCE / f"{name}.npz", split)
-    summary = {
+    report = {
         "downstream": {
             "source": params.data.source,
             "classes": task["train"].classes,
@@ -29,8 +29,8 @@ def main(argv: list[str]) -> None:
             **{k: len(v) for k, v in src.items()},
         },
     }
-    write_json(paths.PREPARED / "summary.json", summary)
-    print(f"prepared {summary}")
+    summary.save("prepare", report)
+    print(f"prepared {report}")
 
 
 if __name__ == "__main__":

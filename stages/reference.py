@@ -5,17 +5,16 @@ from __future__ import annotations
 
 import torch
 
-from pipeline import paths
+from pipeline import paths, summary
 from pipeline.cli import run_stage
 from pipeline.config import load_params
-from pipeline.io import write_json
 from pipeline.plots import throughput_bars
 from pipeline.reference import highlights, reference_report
 
 
 def main(argv: list[str]) -> None:
     report = reference_report(load_params())
-    write_json(paths.METRICS / "reference.json", report)
+    summary.save("reference", report)
     throughput_bars(report["rows"], paths.PLOTS / "reference.png", highlights(report))
 
 

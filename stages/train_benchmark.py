@@ -3,17 +3,16 @@ per method (see pipeline.training_benchmark)."""
 
 from __future__ import annotations
 
-from pipeline import paths
+from pipeline import paths, summary
 from pipeline.cli import run_stage
 from pipeline.config import load_params
-from pipeline.io import write_json
 from pipeline.plots import training_costs
 from pipeline.training_benchmark import training_report
 
 
 def main(argv: list[str]) -> None:
     report = training_report(load_params())
-    write_json(paths.METRICS / "train_benchmark.json", report)
+    summary.save("train_benchmark", report)
     training_costs(report["rows"], paths.PLOTS / "train_benchmark.png")
 
 

@@ -79,6 +79,49 @@ def test_bad_values_name_their_key(changes, message):
     assert message in str(err.value)
 
 
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        (
+            {"train.variants": ["teacher-lora", "student-lora", "student-linear"]},
+            "benchmark.serve.variants: 'student-arc' is not a variant with a merged form in this "
+            "run: set benchmark.serve.variants to a subset of train.variants / distill.variants "
+            "that merge (teacher-lora, student-lora, student-arc-idat, student-lora_qkv-wecolora, "
+            "student-lora-kd, teacher-arc-idat)",
+        ),
+        (
+            {"benchmark.serve.variants": ["student-linear"]},
+            "benchmark.serve.variants: 'student-linear' is not a variant with a merged form in "
+            "this run: set benchmark.serve.variants to a subset of train.variants / "
+            "distill.variants that merge (teacher-lora, teacher-arc, student-lora, "
+            "student-lora_qkv, student-arc, student-arc_att, student-consolidator, student-ssf, "
+            "student-arc-idat, student-lora_qkv-wecolora, student-lora-kd, teacher-arc-idat)",
+        ),
+        (
+            {"continual.class_order": "reverse"},
+            "continual.class_order must be null (natural order), a seed (an integer) or a list "
+            "of class indices >= 0, got 'reverse'",
+        ),
+        (
+            {"continual.class_order": [0, 1, -2]},
+            "continual.class_order must be null (natural order), a seed (an integer) or a list "
+            "of class indices >= 0, got [0, 1, -2]",
+        ),
+        (
+            {"continual.class_order": [0, 1, 1, 2]},
+            "continual.class_order lists class 1 twice: a list is a permutation of the classes "
+            "0..K-1",
+        ),
+        ({"data.val_size": 0}, "data.val_size must be > 0, got 0"),
+        ({"data.stratify": "yes"}, "data.stratify: expected true or false, got 'yes'"),
+    ],
+)
+def test_checks_made_from_params_before_anything_trains(changes, message):
+    with pytest.raises(ConfigError) as err:
+        parse_params(_params(**changes))
+    assert str(err.value) == message
+
+
 def test_unknown_key_is_named():
     data = _params()
     data["train"]["lrr"] = 0.1

@@ -187,6 +187,7 @@ def tiny_project(tmp_path, monkeypatch, glyph_data):
         "student": {"arch": "vit_tiny_patch16_224", "kwargs": TINY},
     }
     data["train"].update(epochs=2, batch_size=32, variants=["teacher-lora", "student-lora"])
+    data["benchmark"]["serve"]["variants"] = ["student-lora"]  # of the variants trained here
     data["distill"]["wecolora"]["recipe"] = {"epochs": 2, "batch_size": 32}
     params = parse_params(data)
     for role in ("teacher", "student"):

@@ -1,10 +1,15 @@
 """dvc.yaml's `deps` cover every project module a stage's command imports, so a code change can
-never leave `dvc repro` saying "up to date" over outputs the new code would not produce."""
+never leave `dvc repro` saying "up to date" over outputs the new code would not produce; and the
+committed dvc.lock is the one that code and params.yaml made."""
 
 from __future__ import annotations
 
 import ast
+import json
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -100,3 +105,33 @@ def test_the_import_walk_finds_lazy_and_relative_imports(tmp_path):
     assert ROOT / "pipeline/train/loop.py" in train
     assert ROOT / "serve/__main__.py" in closure(["serve.launch"])
     assert module_file("numpy") is None and module_file("pipeline.nonexistent") is None
+
+
+def test_the_committed_lock_is_true_to_the_code_and_params():
+    """`dvc status` compares each stage's code deps and params with the hashes dvc.lock holds.
+    Data and outputs (absent from a clone, or made since) do not count: only what git tracks."""
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
+    tracked = set(
+        subprocess.run(
+            ["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True
+        ).stdout.splitlines()
+    )
+    proc = subprocess.run(
+        [Path(sys.executable).parent / "dvc", "status", "--json"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr
+    stale = []
+    for stage, entries in json.loads(proc.stdout).items():
+        for entry in entries:
+            if isinstance(entry, str):  # "changed command", "always changed"
+                stale.append(f"{stage}: {entry}")
+                continue
+            for path, change in entry.get("changed deps", {}).items():
+                is_code = path in tracked or any(t.startswith(f"{path}/") for t in tracked)
+                if isinstance(change, dict) or (is_code and change != "deleted"):
+                    stale.append(f"{stage}: {path} {change}")
+    assert not stale, "dvc.lock is stale, run `make repro` and commit it:\n" + "\n".join(stale)

@@ -117,7 +117,38 @@ def project(tmp_path_factory) -> Path:
 
 
 def _json(project: Path, name: str):
+    """A stage's whole report."""
+    return json.loads((project / "reports" / name).read_text())
+
+
+def _summary(project: Path, name: str) -> dict:
     return json.loads((project / "metrics" / name).read_text())
+
+
+def test_summaries_are_small_flat_and_agree_with_the_reports(project):
+    """metrics/ holds what runs are compared by: {metric: {name: figure}}, scalars only."""
+    stages = ("prepare", "merge", "export", "evaluate", "benchmark", "reference")
+    stages += ("train_benchmark", "continual")
+    assert sorted(p.name for p in (project / "metrics").glob("*.json")) == sorted(
+        f"{s}.json" for s in stages
+    )
+    for stage in stages:
+        summary = _summary(project, f"{stage}.json")
+        figures = [v for group in summary.values() for v in group.values()]
+        assert all(isinstance(v, (int, float, str)) or v is None for v in figures), stage
+        assert 0 < len(figures) <= 60, stage
+    evaluate = _json(project, "evaluate.json")
+    top1 = _summary(project, "evaluate.json")["top1"]
+    assert set(top1) == set(evaluate)
+    for name, row in evaluate.items():
+        assert top1[name] == pytest.approx(row["top1"], rel=1e-3)
+    assert _summary(project, "prepare.json")["images"] == {"train": 800, "val": 200, "test": 797}
+    merge = _summary(project, "merge.json")["parity"]
+    assert merge["models"] == 5 and 0 <= merge["max_abs_diff"] <= 1e-4
+    bench = _summary(project, "benchmark.json")
+    assert set(bench["served_images_per_s"]) == {"torch@c4", "onnxruntime@c4"}
+    assert bench["stability"]["rows"] == len(_json(project, "benchmark.json")["rows"])
+    assert set(bench["unmerged_over_merged"]) == {"torch", "onnxruntime", "openvino"}
 
 
 def test_metrics_contracts(project):
@@ -275,8 +306,21 @@ def test_outputs_people_look_at(project):
     )
     for png in (f"plots/{name}" for name in pngs):
         assert (project / png).read_bytes().startswith(b"\x89PNG")
-    rows = json.loads((project / "plots/confusion/student-lora.json").read_text())
-    assert len(rows) == 797 and set(rows[0]) == {"actual", "predicted"}
+    # a chart per metric, a line per run: the variants and the distilled students on one axis
+    assert sorted(p.name for p in (project / "plots/training").iterdir()) == [
+        "lr.png",
+        "train_loss.png",
+        "val_loss.png",
+        "val_top1.png",
+    ]
+    assert (project / "plots/pretraining/val_top1.png").read_bytes().startswith(b"\x89PNG")
+    # every declared plot is a PNG: dvc plots show warns of nothing and its page needs no
+    # script from the internet
+    shown = _run(project, "dvc", "plots", "show", "-o", "dvc_plots")
+    assert shown.returncode == 0 and not shown.stderr.strip(), shown.stderr
+    page = (project / "dvc_plots/index.html").read_text()
+    assert "<script" not in page
+    assert page.count("<img") == len(list((project / "plots").rglob("*.png")))
     live = json.loads((project / "dvclive/train/student-lora/metrics.json").read_text())
     assert live["step"] == 1  # two epochs logged, steps 0 and 1
 
@@ -331,11 +375,34 @@ def test_second_repro_does_nothing_and_experiments_run(project):
     assert "Running stage" not in again.stdout
 
     # an experiment reruns only what its change touches: here the served study alone
-    exp = _run(project, "dvc", "exp", "run", "-S", "benchmark.serve.concurrency=[2]")
-    assert exp.returncode == 0, exp.stdout[-3000:] + exp.stderr[-3000:]
-    assert re.findall(r"Running stage '([^']+)'", exp.stdout) == ["benchmark"]
+    for concurrency in (2, 3):
+        exp = _run(
+            project,
+            *("dvc", "exp", "run", "-n", f"c{concurrency}"),
+            *("-S", f"benchmark.serve.concurrency=[{concurrency}]"),
+        )
+        assert exp.returncode == 0, exp.stdout[-3000:] + exp.stderr[-3000:]
+        assert re.findall(r"Running stage '([^']+)'", exp.stdout) == ["benchmark"]
     served = [r for r in _json(project, "benchmark.json")["rows"] if r["transport"] == "http"]
-    assert served and {r["concurrency"] for r in served} == {2}
+    assert served and {r["concurrency"] for r in served} == {3}
+
+    # both experiments keep their metrics: dvc exp show reads each one's summaries back
+    shown = _run(project, "dvc", "exp", "show", "--json")
+    assert shown.returncode == 0, shown.stderr
+    runs = {
+        exp["name"]: exp["data"]
+        for commit in json.loads(shown.stdout)
+        for exp in commit.get("experiments") or []
+        for exp in exp["revs"]
+    }
+    assert {"c2", "c3"} <= set(runs)
+    for concurrency in (2, 3):
+        metrics = runs[f"c{concurrency}"]["metrics"]
+        served = metrics["metrics/benchmark.json"]["data"]["served_images_per_s"]
+        assert set(served) == {f"torch@c{concurrency}", f"onnxruntime@c{concurrency}"}
+        assert all(v > 0 for v in served.values())
+        top1 = metrics["metrics/evaluate.json"]["data"]["top1"]
+        assert top1 == _summary(project, "evaluate.json")["top1"]  # unchanged by the experiment
 
 
 def test_a_code_change_marks_exactly_the_stages_it_affects(project):

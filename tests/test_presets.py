@@ -237,6 +237,9 @@ def test_bad_preset_is_one_line_on_the_command_line(tmp_path):
 TINY = [  # configs/vtab-arc.yaml at a size that trains in seconds
     "data.image_size=16",
     "data.train_size=12",
+    "data.val_size=6",  # the tiny task's 18 training images: 12 + 6
+    "continual.tasks=3",  # prepare checks the settings that depend on the 3 classes
+    "export.calibration_images=12",
     "backbone.student={arch: vit_tiny_patch16_224, weights: none,"
     " kwargs: {patch_size: 8, embed_dim: 16, depth: 1, num_heads: 2}}",
     "train.epochs=1",
@@ -275,7 +278,7 @@ def test_preset_runs_as_a_dvc_experiment(tmp_path, vtab_task):
     listed = _run(project, "dvc", "exp", "list", "--name-only")
     assert "tiny-arc" in listed.stdout.split()
 
-    summary = json.loads((project / "data/prepared/summary.json").read_text())
+    summary = json.loads((project / "reports/prepare.json").read_text())
     assert summary["downstream"]["source"] == "vtab"
     assert {k: summary["downstream"][k] for k in ("train", "val", "test")} == {
         "train": 12,

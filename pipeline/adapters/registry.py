@@ -80,6 +80,12 @@ def has_adapters(method: str) -> bool:
     return _method(method).adds_modules
 
 
+def has_merged_form(method: str) -> bool:
+    """Whether the merge stage makes a `-merged` plain ViT of this method's variants: it adds
+    modules, and they fold into the backbone's weights."""
+    return has_adapters(method) and is_mergeable(method)
+
+
 def merge(model: VisionTransformer) -> VisionTransformer:
     """A plain timm VisionTransformer with the adapters folded in (the input is left as it is)."""
     spec = adapter_spec(model)

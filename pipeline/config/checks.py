@@ -6,11 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from pipeline import PipelineError
-from pipeline.adapters import METHODS, check_options
+from pipeline.adapters import METHODS, check_options, has_merged_form
 from pipeline.config.loading import override
 from pipeline.config.schema import ConfigError, Params, TrainConfig, TrainingBenchConfig
 from pipeline.models import check_arch
-from pipeline.variants import parse_variant
+from pipeline.variants import all_variants, parse_variant
 
 
 def check(params: Params) -> None:
@@ -60,6 +60,40 @@ def check(params: Params) -> None:
     wecolora = override(params.train, params.distill.wecolora.recipe, "distill.wecolora.recipe")
     override(params.train, params.continual.recipe, "continual.recipe")
     _check_shares(params, wecolora)
+    _check_serving(params)
+    _check_class_order(params.continual.class_order)
+
+
+def _check_serving(params: Params) -> None:
+    """benchmark.serve.variants serves each merged form beside its unmerged one: each must be a
+    variant of this run that merges (the benchmark stage, at the end of a run, needs both)."""
+    merged = [v.name for v in all_variants(params) if has_merged_form(v.method)]
+    for name in params.benchmark.serve.variants or []:
+        if name not in merged:
+            raise ConfigError(
+                f"benchmark.serve.variants: {name!r} is not a variant with a merged form in "
+                "this run: set benchmark.serve.variants to a subset of train.variants / "
+                f"distill.variants that merge ({', '.join(merged) or 'none'})"
+            )
+
+
+def _check_class_order(order: object) -> None:
+    """continual.class_order's form; prepare checks a list against the classes it finds."""
+    if order is None or (isinstance(order, int) and not isinstance(order, bool)):
+        return
+    if not isinstance(order, list) or not all(
+        isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in order
+    ):
+        raise ConfigError(
+            "continual.class_order must be null (natural order), a seed (an integer) or a list "
+            f"of class indices >= 0, got {order!r}"
+        )
+    if len(set(order)) != len(order):
+        twice = next(c for c in order if order.count(c) > 1)
+        raise ConfigError(
+            f"continual.class_order lists class {twice} twice: a list is a permutation of the "
+            "classes 0..K-1"
+        )
 
 
 def _check_training_bench(cfg: TrainingBenchConfig) -> None:

@@ -94,8 +94,9 @@ class DataConfig(Section):
     path: str | None = None  # the VTAB-1K task folder or the ImageFolder root
     image_size: Annotated[int, _positive] = 32
     train_size: Annotated[int, _positive] = 800
-    val_size: Annotated[int, _non_negative] = 200
+    val_size: Annotated[int, _positive] = 200  # an empty val split would stop training
     split_seed: int = 0
+    stratify: bool = True  # each class in proportion in every split; false: a plain permutation
 
 
 class PretrainConfig(Section):
@@ -313,6 +314,11 @@ class BenchmarkConfig(Section):
     batch_sizes: list[int] = [1, 8, 32]
     warmup: Annotated[int, _non_negative] = 5
     iterations: Annotated[int, _positive] = 30
+    # every in-process latency row (pipeline.runtime.latency.measure): more windows until the
+    # last 3 windows' median latencies lie within `stability` percent of their average, at
+    # most `max_windows`; a row that never settles is flagged `stable: false`
+    stability: Annotated[Float, _positive] = 10.0
+    max_windows: Annotated[int, _rule(lambda v: None if v >= 3 else "must be >= 3")] = 8
     threads: Annotated[int, _positive] = 2
     reference: ReferenceConfig = Field(default_factory=ReferenceConfig)
     training: TrainingBenchConfig = Field(default_factory=TrainingBenchConfig)

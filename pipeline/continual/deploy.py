@@ -20,7 +20,7 @@ from pipeline.export.onnx import export_onnx
 from pipeline.io import digest
 from pipeline.manifest import KINDS
 from pipeline.runtime import run_batched
-from pipeline.runtime.latency import latency_rows, p50_ratios
+from pipeline.runtime.latency import latency_rows, p50_ratios, warn_unstable
 from pipeline.runtime.ort import OnnxRuntimeBackend
 from pipeline.runtime.parity import parity, require_equal, top1
 from pipeline.runtime.pytorch import TorchBackend
@@ -31,7 +31,7 @@ ONNX_FILE = KINDS["onnxruntime"].file
 
 
 def continual_report(params: Params) -> dict:
-    """metrics/continual.json; removes the resume checkpoints once every run has finished."""
+    """reports/continual.json; removes the resume checkpoints once every run has finished."""
     cfg = params.continual
     train, val, test = load_task("train", "val", "test")
     order = class_order(len(train.classes), cfg.class_order)
@@ -114,8 +114,16 @@ def latency(params: Params, deployed: dict[str, torch.nn.Module], test: ImageSet
         onnx_file = paths.CONTINUAL / (name if name == PLAIN else f"{name}-cdl") / ONNX_FILE
         for backend in (TorchBackend(model), OnnxRuntimeBackend(onnx_file, cfg.threads)):
             rows += latency_rows(
-                backend, images, cfg.batch_sizes, cfg.warmup, cfg.iterations, model=name
+                backend,
+                images,
+                cfg.batch_sizes,
+                cfg.warmup,
+                cfg.iterations,
+                cfg.stability,
+                cfg.max_windows,
+                model=name,
             )
+    warn_unstable(rows)
     ratios = p50_ratios(
         rows,
         "model",

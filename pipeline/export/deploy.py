@@ -46,10 +46,12 @@ class Shipping:
     skipped: dict[str, str]  # artefact -> why it is not built here
     batch_sizes: list[int]
     threads: int
+    stability: float  # benchmark.stability and benchmark.max_windows: the probe's rule
+    max_windows: int
 
 
 def export_all(params: Params) -> dict:
-    """Export every deployable model of the run; the report metrics/export.json holds."""
+    """Export every deployable model of the run; the report reports/export.json holds."""
     cfg = params.export
     train, val, test = load_task("train", "val", "test")
     skipped = {"tensorrt": tensorrt.unavailable(), "openvino": openvino.unavailable()}
@@ -61,6 +63,8 @@ def export_all(params: Params) -> dict:
         skipped={k: v for k, v in skipped.items() if v},
         batch_sizes=cfg.probe_batch_sizes,
         threads=params.benchmark.threads,
+        stability=params.benchmark.stability,
+        max_windows=params.benchmark.max_windows,
     )
     models = {}
     for name, variant in deployables(all_variants(params)).items():
@@ -133,7 +137,14 @@ def export_model(name: str, variant: Variant, test: ImageSet, shipping: Shipping
         row["openvino_path"] = str(manifest.path("openvino"))
     if manifest.shipped:
         row.update(_ship(manifest, model, shipping, check))
-        advice = recommend(manifest, images, shipping.batch_sizes, shipping.threads)
+        advice = recommend(
+            manifest,
+            images,
+            shipping.batch_sizes,
+            shipping.threads,
+            shipping.stability,
+            shipping.max_windows,
+        )
         manifest.recommended = advice["recommended"]
         row.update(advice)
         _add_to_triton(manifest, cfg.max_queue_delay_us)
