@@ -228,27 +228,28 @@ def _one_line(error) -> str:
     return str(error.value)
 
 
+def _vtab_refusal(folder) -> str:
+    """The one line load_vtab refuses `folder` with."""
+    with pytest.raises(PipelineError) as error:
+        folders.load_vtab(folder, 8)
+    return _one_line(error)
+
+
 def test_vtab_labels_are_checked(tmp_path):
     _list(tmp_path, "train800val200.txt", [0, 0, -1])
     _list(tmp_path, "test.txt", [0], start=3)
-    with pytest.raises(PipelineError) as error:
-        folders.load_vtab(tmp_path, 8)
-    assert _one_line(error) == (
+    assert _vtab_refusal(tmp_path) == (
         f"{tmp_path / 'train800val200.txt'}:3: negative label -1: labels are class indices 0..K-1"
     )
     _list(tmp_path, "train800val200.txt", [i % 12 for i in range(24)] + [99])
-    with pytest.raises(PipelineError) as error:
-        folders.load_vtab(tmp_path, 8)
-    assert _one_line(error) == (
+    assert _vtab_refusal(tmp_path) == (
         f"{tmp_path / 'train800val200.txt'}: no training image of class 12, 13, 14, 15, 16 and "
         "82 more: labels must be 0..K-1 with each class in the training list (the largest "
         "label, 99, makes a 100-class head)"
     )
     _list(tmp_path, "train800val200.txt", [0, 0, 1])
     (tmp_path / "classes.txt").write_text("cat\ndog\n")
-    with pytest.raises(PipelineError) as error:
-        folders.load_vtab(tmp_path, 8)
-    assert _one_line(error) == (
+    assert _vtab_refusal(tmp_path) == (
         f"{tmp_path / 'train800val200.txt'}: only one image of class 1 (dog): the split needs "
         "two of each class (one for train, one for val): add images of it"
     )
@@ -258,9 +259,7 @@ def test_vtab_separate_lists_need_every_class_in_train(tmp_path):
     _list(tmp_path, "train800.txt", [0, 0])
     _list(tmp_path, "val200.txt", [1], start=2)
     _list(tmp_path, "test.txt", [0, 1], start=3)
-    with pytest.raises(PipelineError) as error:
-        folders.load_vtab(tmp_path, 8)
-    assert _one_line(error) == (
+    assert _vtab_refusal(tmp_path) == (
         f"{tmp_path / 'train800.txt'}: no training image of class 1: labels must be 0..K-1 with "
         "each class in the training list (the largest label, 1, makes a 2-class head)"
     )
@@ -272,9 +271,7 @@ def test_vtab_classes_txt_names_the_classes(tmp_path):
     parts = prepare.downstream(DataConfig(source="vtab", path=str(tmp_path), image_size=8))
     assert parts["train"].classes == parts["test"].classes == ["cat", "dog", "owl"]
     (tmp_path / "classes.txt").write_text("cat\ndog\n")
-    with pytest.raises(PipelineError) as error:
-        folders.load_vtab(tmp_path, 8)
-    assert _one_line(error) == (
+    assert _vtab_refusal(tmp_path) == (
         f"{tmp_path / 'classes.txt'}: 2 class names for the 3 classes of the lists (labels 0..2): "
         "give one name per line, line i naming label i"
     )
