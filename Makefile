@@ -3,12 +3,15 @@ VENV   ?= .venv
 PYTHON ?= python3
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
+# Triton Inference Server (nvidia-pytriton's build) in an environment of its own: it pins numpy<2
+TRITON_VENV  ?= .venv-triton
+TRITON_STAMP := $(TRITON_VENV)/.installed-stamp
 export DVC_NO_ANALYTICS := 1
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 .PHONY: install repro test lint format clean
 
-install: $(STAMP)
+install: $(STAMP) $(TRITON_STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -16,11 +19,18 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e ".[dev]"
 	touch $(STAMP)
 
-repro: $(STAMP)
+# serve/triton.py relies on this wheel's layout (its stubs and libraries); bump it with care
+$(TRITON_STAMP):
+	test -x $(TRITON_VENV)/bin/python || $(PYTHON) -m venv $(TRITON_VENV)
+	$(TRITON_VENV)/bin/python -m pip install -q --upgrade pip
+	$(TRITON_VENV)/bin/python -m pip install -q "nvidia-pytriton==0.7.0" "onnxruntime>=1.20,<2"
+	touch $(TRITON_STAMP)
+
+repro: install
 	$(BIN)/dvc repro
 
 # two workers, a test file each at a time: the end-to-end DVC run beside the unit tests
-test: $(STAMP) lint
+test: install lint
 	$(BIN)/python -m pytest -n 2 --dist loadfile
 
 lint: $(STAMP)

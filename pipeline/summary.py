@@ -115,6 +115,9 @@ def benchmark(report: dict) -> Summary:
             ]
             if tput:
                 out["served_images_per_s"][f"{backend}@c{top}"] = _figure(median(tput))
+    for key in ("vs_triton", "grpc_over_http"):  # this server against Triton; gRPC over HTTP
+        if figures := report["serving"].get(key):
+            out[key] = {name: _figure(v) for name, v in figures.items()}
     out["stability"] = {"unstable_rows": len(report["unstable"]), "rows": len(report["rows"])}
     return out
 

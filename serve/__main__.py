@@ -1,5 +1,6 @@
-"""`python -m serve --model PATH [--model NAME=PATH ...] --backend onnxruntime`: serve exported
-models over the Open Inference Protocol (KServe v2) until SIGINT/SIGTERM, then drain."""
+"""`python -m serve --model PATH [--model NAME=PATH ...] --backend onnxruntime [--grpc-port N]`:
+serve exported models over the Open Inference Protocol (KServe v2), over HTTP and optionally
+gRPC, until SIGINT/SIGTERM, then drain."""
 
 from __future__ import annotations
 
@@ -15,9 +16,11 @@ from pipeline import PipelineError
 from pipeline.cli import run_stage
 from pipeline.runtime import BACKENDS
 from pipeline.runtime.base import PRECISIONS
+from serve import kserve_grpc
 from serve.connections import serve
+from serve.dataplane import Dataplane, ServerConfig
 from serve.models import load_all
-from serve.server import STATE, ServerConfig, create_app
+from serve.server import create_app
 
 LISTENING = "listening on"  # the line a launcher waits for
 
@@ -40,6 +43,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     p.add_argument("--host", default="127.0.0.1", help="0.0.0.0 exposes it beyond this machine")
     p.add_argument("--port", type=int, default=8000, help="0 picks a free port")
+    p.add_argument(
+        "--grpc-port",
+        type=int,
+        default=None,
+        help="also serve the KServe v2 gRPC API on this port (0 picks a free one)",
+    )
     p.add_argument("--max-batch-size", type=int, default=64)
     p.add_argument("--max-queue-delay-us", type=int, default=500)
     p.add_argument(
@@ -60,7 +69,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--max-connections",
         type=int,
         default=defaults.max_connections,
-        help="connections held at once (lowered to fit the descriptor limit); more get a 503",
+        help="HTTP connections held at once (lowered to fit the descriptor limit), more get a "
+        "503; gRPC calls in flight at once, more get RESOURCE_EXHAUSTED",
     )
     for name, what in [
         ("header", "for a request's headers, from its first byte"),
@@ -96,6 +106,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     for name in at_least_one:
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be at least 1")
+    if args.grpc_port is not None and not 0 <= args.grpc_port < 65536:
+        p.error("--grpc-port must be 0 to 65535")
     for name in ["max_queue_delay_us", "header_timeout", "body_timeout", "keepalive_timeout"]:
         if not getattr(args, name) >= 0:
             p.error(f"--{name.replace('_', '-')} must be >= 0")
@@ -141,18 +153,30 @@ def main(argv: list[str]) -> None:
     sock = socket.create_server(
         (args.host, args.port), family=socket.AF_INET6 if v6 else socket.AF_INET
     )
-    host, port = sock.getsockname()[:2]
+    host = sock.getsockname()[0]
     host = f"[{host}]" if v6 else host
-    names = ", ".join(models)
-    print(f"{LISTENING} http://{host}:{port} ({args.backend}: {names})", flush=True)
-    app = create_app(models, cfg)
-    asyncio.run(serve(app, sock, cfg))
-    dropped = app[STATE].dropped
-    if dropped:
+    plane = Dataplane(models, cfg)
+    asyncio.run(_serve(plane, sock, host, args.grpc_port, f"{args.backend}: {', '.join(models)}"))
+    if plane.dropped:
         raise PipelineError(
             f"the drain timed out after {cfg.shutdown_timeout:g} s (--shutdown-timeout): "
-            f"{dropped} request(s) in flight were dropped"
+            f"{plane.dropped} request(s) in flight were dropped"
         )
+
+
+async def _serve(
+    plane: Dataplane, sock: socket.socket, host: str, grpc_port: int | None, what: str
+) -> None:
+    """The HTTP server on `sock`, the gRPC one on `grpc_port` of `host` (none for None); the
+    listening line says where."""
+    port = sock.getsockname()[1]
+    addresses = [f"http://{host}:{port}"]
+    grpc_server = None
+    if grpc_port is not None:  # made in the loop it serves in
+        grpc_server, bound = kserve_grpc.create_server(plane, host, grpc_port)
+        addresses.append(f"grpc://{host}:{bound}")
+    print(f"{LISTENING} {' '.join(addresses)} ({what})", flush=True)
+    await serve(create_app(plane), sock, plane, grpc_server)
 
 
 if __name__ == "__main__":

@@ -1,13 +1,14 @@
-"""`python -m serve.bench --url URL --model M --concurrency 1,4,16`: a closed-loop load client
-measured the way Triton's perf_analyzer measures.
+"""`python -m serve.bench --url URL --model M --concurrency 1,4,16 [--protocol grpc]`: a
+closed-loop load client measured the way Triton's perf_analyzer measures, over KServe v2
+HTTP/REST or gRPC.
 
 Per concurrency level, `concurrency` clients each send a request as soon as their last one
 returns. After a warm-up, the load runs in fixed measurement windows until the last
 `stable_windows` windows agree (throughput and mean latency each within `stability` percent of
 their average) or `max_windows` is reached; the figures pool those last windows. The server's
-own statistics, read at each window edge, split its time into queueing and compute; its
-/metrics give its resident memory per window. `--duration` turns this into a soak: windows for
-a fixed time, with no stability rule.
+own statistics, read at each window edge (over the load's protocol), split its time into
+queueing and compute; over HTTP its /metrics give its resident memory per window.
+`--duration` turns this into a soak: windows for a fixed time, with no stability rule.
 """
 
 from __future__ import annotations
@@ -26,6 +27,10 @@ from pipeline.cli import run_stage
 from pipeline.config import LoadConfig, validate
 from pipeline.io import write_json
 from serve.protocol import encode_infer_request
+
+DEFAULT_URLS = {"http": "http://127.0.0.1:8000", "grpc": "127.0.0.1:8001"}
+# how tensors travel, by protocol and LoadConfig.binary
+ENCODINGS = {"http": {True: "binary", False: "json"}, "grpc": {True: "raw", False: "typed"}}
 
 
 @dataclass
@@ -61,7 +66,14 @@ def stable(windows: list[_Window], n: int, percent: float) -> bool:
     return True
 
 
-class _Client:
+def _images(shape: list[int], batch_size: int) -> np.ndarray:
+    """The request's images: `batch_size` of the model's input shape (batch axis first)."""
+    return np.random.default_rng(0).standard_normal([batch_size, *shape[1:]]).astype(np.float32)
+
+
+class _HttpClient:
+    """The load over HTTP/REST: one prebuilt body per model, a pooled aiohttp session."""
+
     def __init__(self, url: str, api_key: str | None, timeout_s: float) -> None:
         import aiohttp
 
@@ -72,6 +84,7 @@ class _Client:
             timeout=aiohttp.ClientTimeout(total=timeout_s),
             headers=self.headers,
         )
+        self.requests: dict[str, tuple[bytes, dict]] = {}
 
     async def get_json(self, path: str) -> dict:
         async with self.session.get(self.url + path) as r:
@@ -79,6 +92,23 @@ class _Client:
             if r.status != 200:
                 raise PipelineError(f"{self.url}{path}: HTTP {r.status}: {body.get('error', body)}")
             return body
+
+    async def prepare(self, model: str, cfg: LoadConfig) -> None:
+        meta = await self.get_json(f"/v2/models/{model}")
+        (tensor,) = meta["inputs"]
+        x = _images(tensor["shape"], cfg.batch_size)
+        out = [o["name"] for o in meta["outputs"]]
+        self.requests[model] = encode_infer_request(tensor["name"], x, cfg.binary, out)
+
+    async def infer(self, model: str) -> bool:
+        body, headers = self.requests[model]
+        path = f"{self.url}/v2/models/{model}/infer"
+        async with self.session.post(path, data=body, headers=headers) as r:
+            await r.read()
+            return r.status == 200
+
+    async def stats(self, model: str) -> dict:
+        return (await self.get_json(f"/v2/models/{model}/stats"))["model_stats"][0]
 
     async def rss_bytes(self) -> float | None:
         async with self.session.get(self.url + "/metrics") as r:
@@ -90,6 +120,65 @@ class _Client:
 
     async def close(self) -> None:
         await self.session.close()
+
+
+class _GrpcClient:
+    """The load over KServe v2 gRPC (standard messages only, so Triton's endpoint too): one
+    prebuilt `ModelInferRequest` per model on one channel."""
+
+    def __init__(self, url: str, api_key: str | None, timeout_s: float) -> None:
+        import grpc
+        from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+        self.pb = service_pb2
+        unlimited = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
+        self.channel = grpc.aio.insecure_channel(url, options=unlimited)
+        self.stub = service_pb2_grpc.GRPCInferenceServiceStub(self.channel)
+        self.call = {
+            "metadata": (("authorization", f"Bearer {api_key}"),) if api_key else (),
+            "timeout": timeout_s,
+        }
+        self.requests: dict[str, object] = {}
+
+    async def prepare(self, model: str, cfg: LoadConfig) -> None:
+        meta = await self.stub.ModelMetadata(self.pb.ModelMetadataRequest(name=model), **self.call)
+        (tensor,) = meta.inputs
+        x = _images(list(tensor.shape), cfg.batch_size)
+        request = self.pb.ModelInferRequest(model_name=model)
+        sent = request.inputs.add(name=tensor.name, datatype="FP32", shape=x.shape)
+        if cfg.binary:
+            request.raw_input_contents.append(x.tobytes())
+        else:
+            sent.contents.fp32_contents.extend(x.ravel().tolist())
+        for out in meta.outputs:
+            request.outputs.add(name=out.name)
+        self.requests[model] = request
+
+    async def infer(self, model: str) -> bool:
+        await self.stub.ModelInfer(self.requests[model], **self.call)
+        return True
+
+    async def stats(self, model: str) -> dict:
+        """The statistics `_server_split` reads, as the HTTP route's JSON has them."""
+        reply = await self.stub.ModelStatistics(
+            self.pb.ModelStatisticsRequest(name=model), **self.call
+        )
+        s = reply.model_stats[0]
+        kinds = {k: getattr(s.inference_stats, k) for k in ("queue", "compute_infer")}
+        return {
+            "inference_count": s.inference_count,
+            "execution_count": s.execution_count,
+            "inference_stats": {k: {"count": d.count, "ns": d.ns} for k, d in kinds.items()},
+        }
+
+    async def rss_bytes(self) -> float | None:  # the metrics are on the HTTP port
+        return None
+
+    async def close(self) -> None:
+        await self.channel.close()
+
+
+_Client = _HttpClient | _GrpcClient
 
 
 def _server_split(first: dict | None, last: dict | None) -> dict[str, float]:
@@ -115,10 +204,7 @@ def _server_split(first: dict | None, last: dict | None) -> dict[str, float]:
     }
 
 
-async def _level(
-    client: _Client, model: str, body: bytes, headers: dict, concurrency: int, cfg: LoadConfig
-) -> dict:
-    path = f"{client.url}/v2/models/{model}/infer"
+async def _level(client: _Client, model: str, concurrency: int, cfg: LoadConfig) -> dict:
     windows: list[_Window] = []
     current = _Window()
     stop = asyncio.Event()
@@ -128,9 +214,7 @@ async def _level(
         while not stop.is_set():
             t0 = time.perf_counter()
             try:
-                async with client.session.post(path, data=body, headers=headers) as r:
-                    await r.read()
-                    ok = r.status == 200
+                ok = await client.infer(model)
             except Exception:  # refused, dropped or timed out: an error to count, not a crash
                 ok = False
             if ok:
@@ -140,8 +224,7 @@ async def _level(
                 await asyncio.sleep(0.001)  # a refusing server must not turn this into a spin
 
     async def snapshot(w: _Window) -> None:
-        stats = await client.get_json(f"/v2/models/{model}/stats")
-        w.stats = stats["model_stats"][0]
+        w.stats = await client.stats(model)
         w.rss_bytes = await client.rss_bytes()
 
     workers = [asyncio.create_task(worker()) for _ in range(concurrency)]
@@ -191,7 +274,8 @@ def _summary(
         "model": model,
         "concurrency": concurrency,
         "batch_size": cfg.batch_size,
-        "encoding": "binary" if cfg.binary else "json",
+        "protocol": cfg.protocol,
+        "encoding": ENCODINGS[cfg.protocol][cfg.binary],
         "requests": int(ms.size),
         "errors": sum(w.errors for w in pooled),
         "windows": len(windows),
@@ -238,18 +322,14 @@ class _Progress:
 
 
 async def _run(url: str, models: list[str], cfg: LoadConfig, api_key: str | None) -> list[dict]:
-    client = _Client(url, api_key, cfg.timeout_s)
+    kind = _GrpcClient if cfg.protocol == "grpc" else _HttpClient
+    client = kind(url, api_key, cfg.timeout_s)
     rows = []
     try:
         for model in models:
-            meta = await client.get_json(f"/v2/models/{model}")
-            (tensor,) = meta["inputs"]
-            shape = [cfg.batch_size, *tensor["shape"][1:]]
-            x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
-            out = [o["name"] for o in meta["outputs"]]
-            body, headers = encode_infer_request(tensor["name"], x, cfg.binary, out)
+            await client.prepare(model, cfg)
             for c in cfg.concurrency:
-                row = await _level(client, model, body, headers, c, cfg)
+                row = await _level(client, model, c, cfg)
                 print(describe(row), file=sys.stderr, flush=True)
                 rows.append(row)
     finally:
@@ -274,14 +354,18 @@ def describe(row: dict) -> str:
 
 
 def load(url: str, models: list[str], cfg: LoadConfig, api_key: str | None = None) -> list[dict]:
-    """Drive a running server: one row per model and concurrency level."""
+    """Drive a running server at `url` (`http://host:port`, or `host:port` for gRPC) over
+    `cfg.protocol`: one row per model and concurrency level."""
     return asyncio.run(_run(url, models, cfg, api_key))
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     default = {k: f.default for k, f in LoadConfig.model_fields.items()}
     p = argparse.ArgumentParser(prog="python -m serve.bench", description=__doc__)
-    p.add_argument("--url", default="http://127.0.0.1:8000")
+    p.add_argument(
+        "--url", default=None, help="http://127.0.0.1:8000, or for gRPC 127.0.0.1:8001 (default)"
+    )
+    p.add_argument("--protocol", choices=["http", "grpc"], default=default["protocol"])
     p.add_argument("--model", action="append", required=True, help="repeat for several")
     p.add_argument(
         "--concurrency",
@@ -293,7 +377,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--stability", type=float, default=default["stability"], help="percent")
     p.add_argument("--max-windows", type=int, default=default["max_windows"])
     p.add_argument("--warmup-s", type=float, default=default["warmup_s"])
-    p.add_argument("--json-tensors", action="store_true", help="JSON tensors instead of binary")
+    p.add_argument(
+        "--json-tensors",
+        action="store_true",
+        help="JSON tensors instead of binary (over gRPC: typed contents instead of raw)",
+    )
     p.add_argument("--duration", type=float, default=None, help="soak for this many seconds")
     p.add_argument("--output", default="serve_bench.json", help="JSON report (a PNG beside it)")
     p.add_argument("--api-key-env", default="SERVE_API_KEY")
@@ -304,10 +392,12 @@ def main(argv: list[str]) -> None:
     from pathlib import Path
 
     import aiohttp
+    import grpc
 
     from pipeline.plots import latency_throughput
 
     args = parse_args(argv)
+    url = args.url or DEFAULT_URLS[args.protocol]
     try:
         levels = [int(c) for c in args.concurrency.split(",")]
     except ValueError:
@@ -323,14 +413,15 @@ def main(argv: list[str]) -> None:
         "warmup_s": args.warmup_s,
         "binary": not args.json_tensors,
         "duration_s": args.duration,
+        "protocol": args.protocol,
     }
     cfg = validate(LoadConfig, settings, "serve.bench")
     try:
-        rows = load(args.url, args.model, cfg, os.environ.get(args.api_key_env) or None)
-    except (OSError, asyncio.TimeoutError, aiohttp.ClientError) as e:
-        raise PipelineError(f"{args.url}: cannot reach the server ({e!r})") from None
+        rows = load(url, args.model, cfg, os.environ.get(args.api_key_env) or None)
+    except (OSError, asyncio.TimeoutError, aiohttp.ClientError, grpc.RpcError) as e:
+        raise PipelineError(f"{url}: cannot reach the server ({e!r})") from None
     out = Path(args.output)
-    write_json(out, {"url": args.url, "config": cfg.model_dump(), "rows": rows})
+    write_json(out, {"url": url, "config": cfg.model_dump(), "rows": rows})
     latency_throughput(rows, out.with_suffix(".png"))
     print(f"wrote {out} and {out.with_suffix('.png')}")
 

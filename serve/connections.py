@@ -7,7 +7,8 @@ server needs and aiohttp leaves out.
   so the server keeps serving the connections it has;
 - parser errors (bad Content-Length, bad chunking, a header too long) as the JSON error every
   other refusal is;
-- a drain on SIGINT/SIGTERM that reports how many requests it had to drop.
+- a drain on SIGINT/SIGTERM, of the HTTP and the gRPC server together, that reports how many
+  requests it had to drop.
 
 Refusals are logged once per `LOG_EVERY_S` with a count, never one traceback per connection.
 """
@@ -28,7 +29,9 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 if TYPE_CHECKING:
-    from serve.server import ServerConfig
+    import grpc
+
+    from serve.dataplane import Dataplane
 
 LOG = logging.getLogger("serve")
 LOG_EVERY_S = 10.0
@@ -201,14 +204,21 @@ def _loop_errors(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> No
     loop.default_exception_handler(context)
 
 
-async def serve(app: web.Application, sock: socket.socket, cfg: ServerConfig) -> None:
-    """Serve `app` on `sock` until SIGINT/SIGTERM, then drain (in-flight requests have
-    `cfg.shutdown_timeout` seconds to finish)."""
+async def serve(
+    app: web.Application,
+    sock: socket.socket,
+    plane: Dataplane,
+    grpc_server: grpc.aio.Server | None = None,
+) -> None:
+    """Serve `app` on `sock` (and `grpc_server` beside it) until SIGINT/SIGTERM, then drain:
+    readiness fails, in-flight requests of both have `shutdown_timeout` seconds to finish."""
+    cfg = plane.cfg
     loop = asyncio.get_running_loop()
     loop.set_exception_handler(_loop_errors)
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    plane.start()
     runner = web.AppRunner(app, shutdown_timeout=cfg.shutdown_timeout, access_log=None)
     await runner.setup()
     manager = runner.server
@@ -226,8 +236,15 @@ async def serve(app: web.Application, sock: socket.socket, cfg: ServerConfig) ->
         )
 
     listener = await loop.create_server(protocol, sock=sock, backlog=min(cap, 1024))
+    if grpc_server is not None:
+        await grpc_server.start()
     try:
         await stop.wait()
     finally:
         listener.close()
-        await runner.cleanup()  # readiness fails, in-flight requests finish or are dropped
+        plane.draining = True
+        draining = [runner.cleanup()]
+        if grpc_server is not None:  # refuses new calls, cancels those left at the timeout
+            draining.append(grpc_server.stop(cfg.shutdown_timeout))
+        await asyncio.gather(*draining)
+        await plane.close()  # the batchers outlive every request that queued in them

@@ -15,9 +15,25 @@ from pipeline import PipelineError
 from serve.__main__ import LISTENING
 
 
+def terminate(process: subprocess.Popen | None, timeout: float) -> int:
+    """SIGTERM a server, wait up to `timeout` s for its drain, kill it if it will not stop; its
+    exit status (0 for a server never started)."""
+    if process is None:
+        return 0
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    return process.returncode
+
+
 class ServerProcess:
     """`with ServerProcess(["--model", path]) as server: server.url ...`; leaving the block
-    sends SIGTERM (a graceful drain) and waits, killing only a server that will not stop."""
+    sends SIGTERM (a graceful drain) and waits, killing only a server that will not stop.
+    With `--grpc-port` in `args`, `server.grpc_url` is the gRPC address (`host:port`)."""
 
     def __init__(
         self,
@@ -33,6 +49,7 @@ class ServerProcess:
         self.output: deque[str] = deque(maxlen=200)  # the server's last lines, for errors
         self.process: subprocess.Popen | None = None
         self.url = ""
+        self.grpc_url = ""
 
     def __enter__(self) -> ServerProcess:
         self.process = subprocess.Popen(
@@ -49,7 +66,10 @@ class ServerProcess:
             for line in self.process.stdout:
                 self.output.append(line.rstrip())
                 if line.startswith(LISTENING) and not found.is_set():
-                    self.url = line.split()[2]
+                    words = line.split()
+                    self.url = words[2]
+                    if words[3].startswith("grpc://"):
+                        self.grpc_url = words[3].removeprefix("grpc://")
                     found.set()
 
         threading.Thread(target=read, daemon=True).start()
@@ -63,16 +83,7 @@ class ServerProcess:
 
     def stop(self) -> int:
         """SIGTERM, wait for the drain; the exit status."""
-        if self.process is None:
-            return 0
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(self.stop_timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        return self.process.returncode
+        return terminate(self.process, self.stop_timeout)
 
     def __exit__(self, *exc: object) -> None:
         self.stop()

@@ -38,6 +38,15 @@ class Metrics:
             ["route", "code"],
             registry=reg,
         )
+        self.grpc_requests = Counter(
+            "serve_grpc_requests", "gRPC calls by method", ["method"], registry=reg
+        )
+        self.grpc_errors = Counter(
+            "serve_grpc_errors",
+            "gRPC calls answered with an error, by method and status code",
+            ["method", "code"],
+            registry=reg,
+        )
         self.client_disconnects = Counter(
             "serve_client_disconnects",
             "Requests whose client left before the answer (no status was sent)",

@@ -23,6 +23,10 @@ import numpy as np
 HEADER_LENGTH = "Inference-Header-Content-Length"
 MAX_DIMS = 32  # NumPy's own limit is 64; no model here takes more than 4
 NON_FINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
+NO_CLASSIFICATION = (
+    "the classification extension is not served: take the logits, or POST an image "
+    "to /v2/models/{model}/classify for the top-k classes"
+)
 
 DATATYPES: dict[str, np.dtype] = {
     "BOOL": np.dtype(bool),
@@ -95,6 +99,18 @@ def _object(value: Any, what: str) -> dict:
     return value
 
 
+def values_array(values: Any, name: str, datatype: str, shape: list[int]) -> np.ndarray:
+    """A tensor sent as a list of values (JSON `data`, gRPC typed contents), flat, checked to
+    fill `shape`; the strings of NON_FINITE read as their floats."""
+    try:
+        array = np.asarray(values, dtype=DATATYPES[datatype]).reshape(-1)
+    except (TypeError, ValueError, OverflowError, RecursionError) as e:
+        raise ProtocolError(400, f"input '{name}': bad values for {datatype}: {e}") from None
+    if array.size != math.prod(shape):
+        raise ProtocolError(400, f"input '{name}': {array.size} values do not fill shape {shape}")
+    return array
+
+
 def json_part(body_length: int, header_length: str | None) -> int:
     """How many bytes of a body are JSON (all, without a binary part)."""
     if header_length is not None and header_length.isdigit():
@@ -164,16 +180,7 @@ def parse_infer_request(body: bytes, header_length: str | None) -> InferRequest:
         else:
             if "data" not in tensor:
                 raise ProtocolError(400, f"input '{name}': neither 'data' nor binary data")
-            try:  # the strings of NON_FINITE read as their floats
-                array = np.asarray(tensor["data"], dtype=dtype).reshape(-1)
-            except (TypeError, ValueError, OverflowError, RecursionError) as e:
-                raise ProtocolError(
-                    400, f"input '{name}': bad 'data' for {datatype}: {e}"
-                ) from None
-            if array.size != count:
-                raise ProtocolError(
-                    400, f"input '{name}': {array.size} values do not fill shape {shape}"
-                )
+            array = values_array(tensor["data"], name, datatype, shape)
         inputs[name] = array.reshape(shape)
     if offset != len(binary):
         raise ProtocolError(
@@ -189,11 +196,7 @@ def parse_infer_request(body: bytes, header_length: str | None) -> InferRequest:
             raise ProtocolError(400, "each requested output must be an object with a 'name'")
         params = _object(out.get("parameters"), f"output '{out['name']}': 'parameters'")
         if "classification" in params:
-            raise ProtocolError(
-                400,
-                "the classification extension is not served: take the logits, or POST an image "
-                "to /v2/models/{model}/classify for the top-k classes",
-            )
+            raise ProtocolError(400, NO_CLASSIFICATION)
         # an output's own binary_data overrides the request's binary_data_output
         outputs[out["name"]] = bool(params.get("binary_data", binary_default))
     request_id = doc.get("id")

@@ -1,5 +1,6 @@
 """The HTTP server: the Open Inference Protocol (KServe v2) routes Triton's clients speak, an
-image route for people, Triton-style statistics and Prometheus metrics.
+image route for people, Triton-style statistics and Prometheus metrics; each route an adapter
+over the dataplane (`serve.dataplane`), which the gRPC service shares.
 
 Every refusal is a JSON `{"error": "..."}` with a 4xx status that names the problem; nothing a
 client sends can stop the server from answering the next request.
@@ -8,16 +9,12 @@ client sends can stop the server from answering the next request.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import io
 import logging
 import multiprocessing
-import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass
-from importlib.metadata import PackageNotFoundError, version
 
 import numpy as np
 from aiohttp import web
@@ -27,15 +24,14 @@ from PIL import Image
 
 from pipeline.data import to_tensor
 from pipeline.data.folders import ImageTooLarge, read_image
-from serve.batcher import DynamicBatcher
 from serve.connections import Connection
-from serve.metrics import CONTENT_TYPE, Metrics, ModelStats
+from serve.dataplane import UNAUTHORIZED, Dataplane
+from serve.metrics import CONTENT_TYPE
 from serve.models import ServedModel
 from serve.protocol import (
     HEADER_LENGTH,
     InferRequest,
     ProtocolError,
-    datatype_of,
     encode_infer_response,
     json_number,
     json_part,
@@ -43,7 +39,6 @@ from serve.protocol import (
 )
 
 LOG = logging.getLogger("serve")
-SERVER_NAME = "vit-adapt-deploy"
 # the health routes (server and model readiness) a prober reaches without the API key
 OPEN_ROUTES = {"live", "ready", "model_ready"}
 # JSON above this many bytes is parsed in a child process: json.loads holds the GIL, so a
@@ -53,47 +48,12 @@ PARSE_INLINE_BYTES = 1 << 20
 DECODE_WORKERS = 2
 
 
-@dataclass(frozen=True)
-class ServerConfig:
-    max_batch_size: int = 64
-    max_queue_delay_us: int = 500
-    dynamic_batching: bool = True
-    max_payload_bytes: int = 64 << 20
-    max_image_pixels: int = 40_000_000
-    api_key: str | None = None
-    # seconds: a request's headers, its body, an idle kept-alive connection, the drain
-    header_timeout: float = 30.0
-    body_timeout: float = 60.0
-    keepalive_timeout: float = 75.0
-    shutdown_timeout: float = 30.0
-    max_connections: int = 1000
+class _Http:
+    """The dataplane, and what only the HTTP side needs: image decoders, the JSON parser."""
 
-
-def _version() -> str:
-    try:
-        return version(SERVER_NAME)
-    except PackageNotFoundError:
-        return "unknown"
-
-
-class _State:
-    def __init__(self, models: dict[str, ServedModel], cfg: ServerConfig) -> None:
-        self.models = models
-        self.cfg = cfg
-        self.metrics = Metrics(cfg.max_batch_size)
-        self.stats = {name: ModelStats(name, self.metrics) for name in models}
-        self.batchers = {
-            name: DynamicBatcher(
-                m.backend,
-                self.stats[name],
-                cfg.max_batch_size,
-                cfg.max_queue_delay_us,
-                cfg.dynamic_batching,
-            )
-            for name, m in models.items()
-        }
-        self.draining = False
-        self.dropped = 0  # requests the drain cancelled
+    def __init__(self, dataplane: Dataplane) -> None:
+        self.dataplane = dataplane
+        self.cfg = dataplane.cfg
         self.decoder = ThreadPoolExecutor(DECODE_WORKERS, thread_name_prefix="decode")
         self._parser: ProcessPoolExecutor | None = None  # started at the first large body
 
@@ -113,72 +73,64 @@ class _State:
         if self._parser is not None:
             self._parser.shutdown(wait=False, cancel_futures=True)
 
-    def model(self, request: web.Request) -> ServedModel:
-        """The model a `/v2/models/{model}[/versions/{version}]` route names."""
-        name = request.match_info["model"]
-        if name not in self.models:
-            # with a key, an unauthenticated prober learns nothing of what is served
-            listing = f" (this server has: {', '.join(self.models)})" if request["trusted"] else ""
-            raise ProtocolError(404, f"unknown model {name!r}{listing}")
-        if request.match_info.get("version", "1") not in ("1", ""):
-            raise ProtocolError(404, f"model {name!r} has only version 1")
-        return self.models[name]
+
+STATE = web.AppKey("state", _Http)
 
 
-STATE = web.AppKey("state", _State)
+def _plane(request: web.Request) -> Dataplane:
+    return request.app[STATE].dataplane
+
+
+def _model(request: web.Request) -> ServedModel:
+    """The model a `/v2/models/{model}[/versions/{version}]` route names."""
+    info = request.match_info
+    return _plane(request).model(info["model"], info.get("version", "1"), request["trusted"])
 
 
 def _error(status: int, message: str) -> web.Response:
     return web.json_response({"error": message}, status=status)
 
 
-def _has_key(request: web.Request, key: str) -> bool:
-    given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
-    given = request.headers.get("X-API-Key", given)
-    # surrogateescape: a header of stray bytes is a wrong key, not a crash
-    return hmac.compare_digest(given.encode("utf-8", "surrogateescape"), key.encode("utf-8"))
-
-
 @web.middleware
 async def _guard(request: web.Request, handler) -> web.StreamResponse:
     """API key, payload limit, metrics and the JSON error shape for every route; counts what
     a drain drops and the clients that leave mid-request."""
-    state = request.app[STATE]
+    plane = _plane(request)
     if isinstance(request.protocol, Connection):
         request.protocol.request_started()
     info = request.match_info.route
     route = (info.name or "unmatched").removesuffix("_v")
-    state.metrics.http_requests.labels(route).inc()
-    key = state.cfg.api_key
-    request["trusted"] = not key or _has_key(request, key)
+    plane.metrics.http_requests.labels(route).inc()
+    headers = request.headers
+    request["trusted"] = plane.trusted(headers.get("Authorization"), headers.get("X-API-Key"))
     try:
         response = await _answer(request, handler, route)
     except asyncio.CancelledError:
-        if state.draining:
-            state.dropped += 1
+        if plane.draining:
+            plane.dropped += 1
         raise
     except ConnectionError as e:  # the client left: nothing is sent, so no status is counted
-        state.metrics.client_disconnects.labels(route).inc()
+        plane.metrics.client_disconnects.labels(route).inc()
         LOG.info("client left during %s %s: %s", request.method, request.path, e)
         raise
     if response.status >= 400:
-        state.metrics.http_errors.labels(route, str(response.status)).inc()
+        plane.metrics.http_errors.labels(route, str(response.status)).inc()
     return response
 
 
 async def _answer(request: web.Request, handler, route: str) -> web.StreamResponse:
-    state = request.app[STATE]
+    cfg = request.app[STATE].cfg
     try:
         if not request["trusted"] and route not in OPEN_ROUTES:
-            raise ProtocolError(401, "missing or wrong API key (Authorization: Bearer <key>)")
+            raise ProtocolError(401, UNAUTHORIZED)
         size = request.content_length
-        if size is not None and size > state.cfg.max_payload_bytes:
-            raise ProtocolError(413, _too_large(size, state.cfg.max_payload_bytes))
+        if size is not None and size > cfg.max_payload_bytes:
+            raise ProtocolError(413, _too_large(size, cfg.max_payload_bytes))
         response = await handler(request)
     except ProtocolError as e:
         response = _error(e.status, str(e))
     except web.HTTPRequestEntityTooLarge:
-        response = _error(413, _too_large(None, state.cfg.max_payload_bytes))
+        response = _error(413, _too_large(None, cfg.max_payload_bytes))
     except web.HTTPException as e:  # aiohttp's own: unknown route, wrong method
         response = _error(e.status, f"{e.reason}: {request.method} {request.path}")
     except ConnectionError:
@@ -197,13 +149,7 @@ def _too_large(size: int | None, limit: int) -> str:
 
 
 async def _server_metadata(request: web.Request) -> web.Response:
-    return web.json_response(
-        {
-            "name": SERVER_NAME,
-            "version": _version(),
-            "extensions": ["binary_tensor_data", "statistics", "model_configuration"],
-        }
-    )
+    return web.json_response(_plane(request).server_metadata())
 
 
 async def _live(request: web.Request) -> web.Response:
@@ -211,65 +157,31 @@ async def _live(request: web.Request) -> web.Response:
 
 
 async def _ready(request: web.Request) -> web.Response:
-    ready = not request.app[STATE].draining
+    ready = _plane(request).ready
     return web.json_response({"ready": ready}, status=200 if ready else 503)
 
 
 async def _model_metadata(request: web.Request) -> web.Response:
-    return web.json_response(request.app[STATE].model(request).metadata())
+    return web.json_response(_model(request).metadata())
 
 
 async def _model_ready(request: web.Request) -> web.Response:
-    state = request.app[STATE]
-    name = state.model(request).name
-    ready = not state.draining
+    name = _model(request).name
+    ready = _plane(request).ready
     return web.json_response({"name": name, "ready": ready}, status=200 if ready else 503)
 
 
 async def _model_config(request: web.Request) -> web.Response:
-    state = request.app[STATE]
-    cfg = state.cfg
-    model = state.model(request)
-    return web.json_response(
-        model.config(cfg.max_batch_size, cfg.max_queue_delay_us, cfg.dynamic_batching)
-    )
+    return web.json_response(_plane(request).model_config(_model(request)))
 
 
 async def _model_stats(request: web.Request) -> web.Response:
-    state = request.app[STATE]
-    names = [state.model(request).name] if "model" in request.match_info else list(state.models)
-    return web.json_response({"model_stats": [state.stats[n].report() for n in names]})
+    model = _model(request) if "model" in request.match_info else None
+    return web.json_response(_plane(request).statistics(model))
 
 
 async def _repository_index(request: web.Request) -> web.Response:
-    state = request.app[STATE]
-    return web.json_response([{"name": n, "version": "1", "state": "READY"} for n in state.models])
-
-
-async def _run(state: _State, model: ServedModel, images: np.ndarray) -> np.ndarray:
-    """Check the batch against the model, queue it, and count it."""
-    expected = model.input_shape
-    if images.ndim != 4 or tuple(images.shape[1:]) != expected:
-        raise ProtocolError(
-            400,
-            f"input '{model.backend.input_name}': shape {list(images.shape)}, the model takes "
-            f"{[-1, *expected]}",
-        )
-    if not 1 <= len(images) <= state.cfg.max_batch_size:
-        raise ProtocolError(
-            400,
-            f"batch of {len(images)}: the server takes 1 to {state.cfg.max_batch_size} "
-            "images per request (--max-batch-size)",
-        )
-    start = time.perf_counter()
-    stats = state.stats[model.name]
-    try:
-        result = await state.batchers[model.name].infer(images)
-    except Exception as e:
-        stats.request(time.perf_counter() - start, ok=False)
-        raise ProtocolError(500, f"the {model.kind} backend failed: {e}") from e
-    stats.request(time.perf_counter() - start, ok=True, queue_seconds=result.queue_seconds)
-    return result.logits
+    return web.json_response(_plane(request).repository_index())
 
 
 async def _within_body_timeout(request: web.Request, read: Callable[[], Awaitable[bytes]]) -> bytes:
@@ -310,27 +222,10 @@ async def _parse(request: web.Request) -> InferRequest:
 
 
 async def _infer(request: web.Request) -> web.Response:
-    state = request.app[STATE]
-    model = state.model(request)
+    model = _model(request)
     parsed = await _parse(request)
-    name = model.backend.input_name
-    unexpected = set(parsed.inputs) - {name}
-    if unexpected or name not in parsed.inputs:
-        got = ", ".join(repr(n) for n in parsed.inputs)
-        raise ProtocolError(400, f"model {model.name!r} takes one input {name!r}, got {got}")
-    images = parsed.inputs[name]
-    if images.dtype != np.float32:
-        raise ProtocolError(
-            400, f"input {name!r}: datatype {datatype_of(images)}, the model takes FP32"
-        )
-    out_name = model.backend.output_name
-    unknown = set(parsed.outputs) - {out_name}
-    if unknown:
-        raise ProtocolError(
-            400, f"model {model.name!r} has no output {sorted(unknown)[0]!r} (it has {out_name!r})"
-        )
-    logits = await _run(state, model, images)
-    body, headers = encode_infer_response(model.name, parsed, {out_name: logits})
+    outputs = await _plane(request).infer(model, parsed)
+    body, headers = encode_infer_response(model.name, parsed, outputs)
     return web.Response(body=body, headers=headers)
 
 
@@ -361,7 +256,7 @@ async def _form_file(request: web.Request) -> bytes:
 async def _classify(request: web.Request) -> web.Response:
     """An image file (PNG, JPEG, ...) in, the top-k classes with probabilities out."""
     state = request.app[STATE]
-    model = state.model(request)
+    model = _model(request)
     try:
         top_k = int(request.query.get("top_k", "5"))
     except ValueError:
@@ -385,7 +280,7 @@ async def _classify(request: web.Request) -> web.Response:
         raise ProtocolError(413, f"the image is too large to decode ({e})") from None
     except (OSError, ValueError) as e:
         raise ProtocolError(400, f"the body is not an image this server can read ({e})") from None
-    logits = (await _run(state, model, x))[0].astype(np.float64)
+    logits = (await state.dataplane.run(model, x))[0].astype(np.float64)
     probs = np.exp(logits - logits.max())
     probs /= probs.sum()
     order = np.argsort(-probs)[:top_k]
@@ -405,30 +300,21 @@ async def _classify(request: web.Request) -> web.Response:
 
 
 async def _metrics(request: web.Request) -> web.Response:
-    body = request.app[STATE].metrics.exposition()
+    body = _plane(request).metrics.exposition()
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
 
-async def _start(app: web.Application) -> None:
-    for batcher in app[STATE].batchers.values():
-        batcher.start()
-
-
-async def _shutdown(app: web.Application) -> None:
-    app[STATE].draining = True  # readiness fails while in-flight requests finish
-
-
 async def _cleanup(app: web.Application) -> None:
-    state = app[STATE]
-    await asyncio.gather(*(b.close() for b in state.batchers.values()))
-    state.close()
+    app[STATE].close()
 
 
-def create_app(models: dict[str, ServedModel], cfg: ServerConfig) -> web.Application:
-    """The aiohttp application serving `models`."""
+def create_app(dataplane: Dataplane) -> web.Application:
+    """The aiohttp application serving `dataplane` (whose batchers its runner starts and
+    stops: `serve.connections.serve`)."""
+    cfg = dataplane.cfg
     # aiohttp refuses bodies over client_max_size itself; _guard turns that into JSON
     app = web.Application(middlewares=[_guard], client_max_size=cfg.max_payload_bytes)
-    app[STATE] = _State(models, cfg)
+    app[STATE] = _Http(dataplane)
     model = "/v2/models/{model}"
     version = "/versions/{version}"
     routes = [
@@ -451,7 +337,5 @@ def create_app(models: dict[str, ServedModel], cfg: ServerConfig) -> web.Applica
         routes.append((method, model + version + suffix, handler, f"{name}_v"))
     for method, path, handler, name in routes:
         app.router.add_route(method, path, handler, name=name)
-    app.on_startup.append(_start)
-    app.on_shutdown.append(_shutdown)
     app.on_cleanup.append(_cleanup)
     return app

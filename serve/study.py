@@ -1,11 +1,15 @@
 """The benchmark stage's served study: the deployable models served over HTTP (`python -m serve`,
-one server per backend, merged beside unmerged) under `serve.bench` load at each concurrency,
-and two serving costs: dynamic batching on against off, and HTTP against in process."""
+one server per backend, merged beside unmerged) under `serve.bench` load at each concurrency;
+two serving costs: dynamic batching on against off, and HTTP against in process; and the
+yardstick: the same optimised ONNX graph served by this server and by a real Triton (its Python
+backend running the graph in ONNX Runtime), over HTTP and gRPC, under the same load."""
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from pipeline import PipelineError, paths
@@ -17,6 +21,8 @@ from pipeline.runtime.tensorrt import unavailable as tensorrt_unavailable
 from pipeline.variants import Variant
 from serve.bench import load
 from serve.launch import ServerProcess
+from serve.triton import TritonServer
+from serve.triton import unavailable as triton_unavailable
 
 
 def _pairs(params: Params, variants: list[Variant]) -> list[Variant]:
@@ -70,23 +76,89 @@ class _Study:
                         f"served {backend}: {failed[0]['model']} answered no request "
                         f"({failed[0]['errors']} errors); the server said:\n{tail}"
                     )
-                out.append(
-                    [
-                        {"variant": r.pop("model"), "backend": backend, "transport": "http", **r}
-                        for r in rows
-                    ]
-                )
+                out.append([_row(r, backend, cfg) for r in rows])
         return out
 
 
-def served(params: Params, variants: list[Variant], in_process: list[dict]) -> tuple[list, dict]:
-    """HTTP rows per backend (one server each, all chosen models side by side), and the two
+def _row(row: dict, backend: str, cfg: LoadConfig) -> dict:
+    return {"variant": row.pop("model"), "backend": backend, "transport": cfg.protocol, **row}
+
+
+def _key(row: dict) -> str:
+    return f"b{row['batch_size']}@c{row['concurrency']}"
+
+
+def yardstick(
+    study: _Study, probe: str, batch_sizes: list[int], rounds: int
+) -> tuple[list[dict], dict]:
+    """`probe`'s optimised ONNX graph in this server and in Triton (the export stage's
+    `<probe>-python` repository model), both up at once and driven in turn, level by level, over
+    HTTP and gRPC, for `rounds` rounds (the order of the two servers alternating): a shared
+    machine's drift then moves both sides of each ratio alike. The rows of every round; per
+    batch and concurrency, the median over rounds of this server's throughput over Triton's and
+    over its own HTTP, and at batch 1 and one client of Triton's p50 over ours; and the spread
+    of each (max - min over the median, percent)."""
+    artefact = "onnxruntime-optimized"
+    model = ["--model", f"{probe}={paths.ONNX / probe}"]
+    reason = triton_unavailable()
+    if reason:
+        print(f"served triton: skipped ({reason})")
+    rows = []
+    with contextlib.ExitStack() as stack:
+        ours = ServerProcess(["--backend", artefact, *model, *study.args, "--grpc-port", "0"])
+        servers = [(artefact, stack.enter_context(ours), probe)]
+        if not reason:
+            triton = TritonServer(paths.TRITON, [f"{probe}-python"])
+            servers.append(("triton-python", stack.enter_context(triton), f"{probe}-python"))
+        for n in range(rounds):
+            for bs in batch_sizes:
+                for c in study.load.concurrency:
+                    for protocol in ("http", "grpc"):
+                        cfg = study.load.model_copy(
+                            update={"batch_size": bs, "concurrency": [c], "protocol": protocol}
+                        )
+                        for backend, server, name in servers[:: 1 if n % 2 == 0 else -1]:
+                            url = server.grpc_url if protocol == "grpc" else server.url
+                            (row,) = load(url, [name], cfg)
+                            rows.append({**_row({**row, "model": probe}, backend, cfg), "round": n})
+    return rows, _yardstick_ratios(rows, artefact)
+
+
+def _yardstick_ratios(rows: list[dict], artefact: str) -> dict:
+    by = {(r["round"], r["backend"], r["transport"], _key(r)): r for r in rows}
+    samples: dict[str, dict[str, list[float]]] = {"grpc_over_http": {}, "vs_triton": {}}
+    for r in (r for r in rows if r["backend"] == artefact):
+        key, n = _key(r), r["round"]
+        if r["transport"] == "grpc":
+            http = by[n, artefact, "http", key]
+            samples["grpc_over_http"].setdefault(key, []).append(
+                r["throughput"] / http["throughput"]
+            )
+        if peer := by.get((n, "triton-python", r["transport"], key)):
+            ratio = r["throughput"] / peer["throughput"]
+            samples["vs_triton"].setdefault(f"{r['transport']}_{key}", []).append(ratio)
+            if r["batch_size"] == 1 and r["concurrency"] == 1:
+                p50 = peer["p50_ms"] / r["p50_ms"]
+                samples["vs_triton"].setdefault(f"p50_{r['transport']}_{key}", []).append(p50)
+    bars: dict = {}
+    for what, figures in samples.items():
+        bars[what] = {k: float(np.median(v)) for k, v in figures.items()}
+        bars[f"{what}_spread_pct"] = {
+            k: float((max(v) - min(v)) / np.median(v) * 100) for k, v in figures.items()
+        }
+    return bars
+
+
+def served(
+    params: Params, variants: list[Variant], in_process: list[dict]
+) -> tuple[list, dict, list]:
+    """HTTP rows per backend (one server each, all chosen models side by side); the two
     serving costs measured on the first chosen merged model in ONNX Runtime: dynamic batching
     on against off at the top concurrency, and served against in-process throughput with
-    requests of the largest benchmark batch."""
+    requests of the largest benchmark batch; and the yardstick's rows against Triton."""
     pairs = _pairs(params, variants)
     if not pairs:
-        return [], {}
+        return [], {}, []
     study = _Study(params)
     probe = pairs[0].merged_name  # the serving costs are measured on it, in ONNX Runtime
     probe_folder = {probe: paths.ONNX / probe}
@@ -141,6 +213,10 @@ def served(params: Params, variants: list[Variant], in_process: list[dict]) -> t
         "served_concurrency": best["concurrency"],
         "served_over_in_process": best["throughput"] / direct,
     }
+    compared: list[dict] = []
+    if study.load.yardstick:
+        compared, ratios = yardstick(study, probe, sorted({1, big}), study.load.yardstick)
+        bars.update(ratios)
     for key, value in bars.items():
         print(f"serving {key}: {value}")
-    return rows, bars
+    return rows, bars, compared

@@ -1,7 +1,8 @@
 """benchmark: in-process latency and throughput of every model in torch and of every exported
 artefact (ONNX Runtime fp32, optimised and INT8; TensorRT where an engine was built); then the
 same models served over HTTP (`python -m serve`, merged beside unmerged) under load from
-`serve.bench` at several client concurrencies, with the server's batching and HTTP costs."""
+`serve.bench` at several client concurrencies, with the server's batching and HTTP costs, and
+the first served merged model's optimised graph in this server against a real Triton."""
 
 from __future__ import annotations
 
@@ -21,13 +22,14 @@ def main(argv: list[str]) -> None:
     params = load_params()
     variants = all_variants(params)
     local = in_process(params, variants)
-    http, serving = served(params, variants, local)
+    http, serving, compared = served(params, variants, local)
     rows = local + http
     report = {
         "rows": rows,
-        "unstable": unstable(rows),
+        "unstable": unstable(rows + compared),
         **ratios(rows, variants),
         "serving": serving,
+        "yardstick": compared,
     }
     summary.save("benchmark", report)
     latency_bars(local, paths.PLOTS / "benchmark.png")
@@ -36,6 +38,20 @@ def main(argv: list[str]) -> None:
         [{**r, "model": r["variant"]} for r in http],
         paths.PLOTS / "serving.png",
         "served over HTTP: latency against throughput (merged solid, unmerged dashed)",
+    )
+    latency_throughput(
+        [
+            {
+                **r,
+                "model": f"{r['backend']} {r['transport']}",
+                "backend": f"batch {r['batch_size']}",
+            }
+            for r in compared
+            if r["round"] == 0
+        ],
+        paths.PLOTS / "yardstick.png",
+        "the same optimised ONNX graph, first round: this server (onnxruntime-optimized) "
+        "against Triton",
     )
 
 

@@ -381,7 +381,7 @@ def _bad_cases() -> list[tuple[str, str, str, bytes, dict, int, str]]:
             json_in(name="images", datatype="INT8", shape=[1], data=[1000]),
             {},
             400,
-            "bad 'data' for INT8",
+            "bad values for INT8",
         ),
         (
             "parameters not an object",
@@ -780,10 +780,11 @@ def test_load_client_reports_percentiles_throughput_and_the_server_split(server,
         assert r["errors"] == 0 and r["requests"] > 0 and r["throughput"] > 0
         assert r["p50_ms"] <= r["p90_ms"] <= r["p95_ms"] <= r["p99_ms"]
         assert 3 <= r["windows"] <= 4
-        # the server's 20 ms queue delay shows up as queue time, not compute
-        assert r["server_queue_ms"] > 5 > r["server_compute_ms"]
+        assert 0 < r["server_compute_ms"] < 5
         assert r["server_rss_mb"] and all(m > 1 for m in r["server_rss_mb"])
     assert rows[0]["server_batch_mean"] == pytest.approx(1.0)
+    # a lone client's request runs at once: it never waits out the server's 20 ms queue delay
+    assert rows[0]["server_queue_ms"] < 5
     assert rows[1]["server_batch_mean"] > 1.5, "4 clients should share batches"
     assert (tmp_path / "load.png").stat().st_size > 0
 

@@ -7,7 +7,7 @@ int, and a string such as "1e-3" (YAML 1.1 reads exponents without a dot as stri
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
@@ -298,6 +298,8 @@ class LoadConfig(Section):
     binary: bool = True  # the binary tensor extension; False sends JSON tensors
     duration_s: Annotated[Float, _positive] | None = None
     timeout_s: Annotated[Float, _positive] = 60.0
+    # the KServe v2 API spoken; over gRPC `binary` sends raw contents, else typed ones
+    protocol: Literal["http", "grpc"] = "http"
 
 
 class ServingConfig(LoadConfig):
@@ -308,6 +310,10 @@ class ServingConfig(LoadConfig):
         list[str], _all_of(*BACKENDS)
     ] = ["torch", "onnxruntime", "tensorrt"]
     variants: list[str] | None = None  # merged and unmerged form of each; None: every one
+    # rounds of the yardstick: the first variant's merged, optimised graph in this server and
+    # in Triton (where .venv-triton exists), over HTTP and gRPC at batch 1 and the largest
+    # benchmark batch, the two driven in turn; 0: off
+    yardstick: Annotated[int, _non_negative] = 3
 
 
 class BenchmarkConfig(Section):

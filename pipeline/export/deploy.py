@@ -147,7 +147,7 @@ def export_model(name: str, variant: Variant, test: ImageSet, shipping: Shipping
         )
         manifest.recommended = advice["recommended"]
         row.update(advice)
-        _add_to_triton(manifest, cfg.max_queue_delay_us)
+        _add_to_triton(manifest, cfg.max_queue_delay_us, shipping.threads)
     manifest.write()
     return row
 
@@ -209,10 +209,14 @@ def _ship(
     return out
 
 
-def _add_to_triton(manifest: Manifest, max_queue_delay_us: int) -> None:
-    """The optimised ONNX graph, the engine, and the OpenVINO IR to deploy (the recommended
-    one where it is an IR, else INT8 if within the bound, else fp32) as Triton models."""
-    triton.add_model(paths.TRITON, manifest, "onnxruntime-optimized", max_queue_delay_us)
+def _add_to_triton(manifest: Manifest, max_queue_delay_us: int, threads: int) -> None:
+    """The optimised ONNX graph (on the onnxruntime backend, and on ONNX Runtime in the Python
+    backend with the benchmark's `threads`), the engine, and the OpenVINO IR to deploy (the
+    recommended one where it is an IR, else INT8 if within the bound, else fp32) as Triton
+    models."""
+    optimized = "onnxruntime-optimized"
+    triton.add_model(paths.TRITON, manifest, optimized, max_queue_delay_us)
+    triton.add_python_model(paths.TRITON, manifest, optimized, max_queue_delay_us, threads)
     if "tensorrt" in manifest.artefacts:
         triton.add_model(paths.TRITON, manifest, "tensorrt", max_queue_delay_us)
     irs = [a for a in manifest.artefacts if KINDS[a].runtime == "openvino"]

@@ -4,7 +4,9 @@ server's `/v2/models/{m}/config` route.
 
 A repository model is `<repo>/<name>/config.pbtxt` + `<repo>/<name>/1/model.<ext>` (an IR's
 .bin beside its .xml); an engine or an IR goes in a model of its own (`<name>-tensorrt`,
-`<name>-openvino`), since a Triton model has exactly one platform or backend.
+`<name>-openvino`), since a Triton model has exactly one platform or backend. `<name>-python`
+runs the optimised ONNX graph on ONNX Runtime in Triton's Python backend (serve/triton_model.py
+as its model.py), for a Triton without an onnxruntime backend.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from pipeline.manifest import INPUT_NAME, OUTPUT_NAME, Manifest, companions
 from pipeline.runtime.base import platform
 
 _ENUM = re.compile(r"(TYPE|KIND|FORMAT)_[A-Z0-9_]+")  # written bare in protobuf text
+BACKENDS = ("openvino", "python")  # named by `backend`: they have no platform
+PYTHON_MODEL = Path(__file__).resolve().parents[2] / "serve" / "triton_model.py"
 
 
 def preferred_batch_sizes(max_batch_size: int) -> list[int]:
@@ -38,10 +42,10 @@ def model_config(
     parameters: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Triton's model configuration in its JSON form; dims leave out the batch axis, which
-    max_batch_size > 0 makes implicit. OpenVINO is named by `backend`: it has no platform."""
+    max_batch_size > 0 makes implicit. `platform` is a backend's name for those in BACKENDS."""
     config: dict[str, Any] = {
         "name": name,
-        "backend" if platform == "openvino" else "platform": platform,
+        "backend" if platform in BACKENDS else "platform": platform,
         "max_batch_size": max_batch_size,
         "input": [
             {
@@ -133,5 +137,34 @@ def add_model(repo: str | Path, manifest: Manifest, artefact: str, max_queue_del
         for file in extra:  # external data keeps its recorded name; an IR's .bin follows its .xml
             target = f"model{file.suffix}" if file.suffix == ".bin" else file.name
             shutil.copy2(file, version / target)
+        (tmp / "config.pbtxt").write_text(to_pbtxt(config))
+    return folder
+
+
+def add_python_model(
+    repo: str | Path, manifest: Manifest, artefact: str, max_queue_delay_us: int, threads: int
+) -> Path:
+    """`<model>-python`: an ONNX artefact (with its external data) under Triton's Python backend,
+    the same tensors, largest batch and dynamic batching as the ONNX model, one CPU instance
+    running ONNX Runtime with `threads` intra-op threads. Replaces an older copy whole."""
+    source = manifest.path(artefact)
+    name = f"{manifest.name}-python"
+    config = model_config(
+        name,
+        "python",
+        manifest.input_shape,
+        manifest.num_classes,
+        manifest.max_batch_size,
+        max_queue_delay_us,
+        kind="KIND_CPU",
+        parameters={"onnx_file": source.name, "intra_op_threads": str(threads)},
+    )
+    folder = Path(repo) / name
+    with atomic_dir(folder) as tmp:
+        version = tmp / "1"
+        version.mkdir()
+        for file in companions(source):  # external data keeps the name the graph records
+            shutil.copy2(file, version / file.name)
+        shutil.copy2(PYTHON_MODEL, version / "model.py")
         (tmp / "config.pbtxt").write_text(to_pbtxt(config))
     return folder
