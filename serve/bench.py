@@ -133,7 +133,7 @@ class _GrpcClient:
         self.pb = service_pb2
         unlimited = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
         self.channel = grpc.aio.insecure_channel(url, options=unlimited)
-        self.stub = service_pb2_grpc.GRPCInferenceServiceStub(self.channel)
+        self.service = service_pb2_grpc.GRPCInferenceServiceStub(self.channel)
         self.call = {
             "metadata": (("authorization", f"Bearer {api_key}"),) if api_key else (),
             "timeout": timeout_s,
@@ -141,7 +141,9 @@ class _GrpcClient:
         self.requests: dict[str, object] = {}
 
     async def prepare(self, model: str, cfg: LoadConfig) -> None:
-        meta = await self.stub.ModelMetadata(self.pb.ModelMetadataRequest(name=model), **self.call)
+        meta = await self.service.ModelMetadata(
+            self.pb.ModelMetadataRequest(name=model), **self.call
+        )
         (tensor,) = meta.inputs
         x = _images(list(tensor.shape), cfg.batch_size)
         request = self.pb.ModelInferRequest(model_name=model)
@@ -155,12 +157,12 @@ class _GrpcClient:
         self.requests[model] = request
 
     async def infer(self, model: str) -> bool:
-        await self.stub.ModelInfer(self.requests[model], **self.call)
+        await self.service.ModelInfer(self.requests[model], **self.call)
         return True
 
     async def stats(self, model: str) -> dict:
         """The statistics `_server_split` reads, as the HTTP route's JSON has them."""
-        reply = await self.stub.ModelStatistics(
+        reply = await self.service.ModelStatistics(
             self.pb.ModelStatisticsRequest(name=model), **self.call
         )
         s = reply.model_stats[0]

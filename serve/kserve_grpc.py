@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import math
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -24,12 +23,11 @@ from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
 from pipeline import PipelineError
 from serve.dataplane import UNAUTHORIZED, Dataplane
 from serve.protocol import (
-    DATATYPES,
-    MAX_DIMS,
     NO_CLASSIFICATION,
     InferRequest,
     ProtocolError,
     datatype_of,
+    described,
     values_array,
 )
 
@@ -78,19 +76,7 @@ def parse_model_infer(request: service_pb2.ModelInferRequest) -> InferRequest:
     inputs: dict[str, np.ndarray] = {}
     for i, tensor in enumerate(request.inputs):
         name, shape, datatype = tensor.name, list(tensor.shape), tensor.datatype
-        if any(d < 0 for d in shape):
-            raise ProtocolError(400, f"input '{name}': 'shape' must be a list of non-negative ints")
-        if len(shape) > MAX_DIMS:
-            raise ProtocolError(
-                400, f"input '{name}': a shape of {len(shape)} dimensions (at most {MAX_DIMS})"
-            )
-        if datatype not in DATATYPES:
-            raise ProtocolError(
-                400,
-                f"input '{name}': unknown datatype {datatype!r} (one of {', '.join(DATATYPES)})",
-            )
-        dtype = DATATYPES[datatype]
-        count = math.prod(shape)  # a Python int: a huge shape cannot wrap around
+        dtype, count = described(name, shape, datatype)
         if raw:
             if tensor.HasField("contents"):
                 raise ProtocolError(400, f"input '{name}': both typed contents and raw contents")

@@ -76,8 +76,8 @@ def _json(raw: bytes | memoryview) -> dict[str, Any]:
     return doc
 
 
-def _shape(tensor: dict, name: str) -> list[int]:
-    shape = tensor.get("shape")
+def described(name: str, shape: Any, datatype: Any) -> tuple[np.dtype, int]:
+    """The dtype and element count an input's header (JSON or gRPC) describes, checked."""
     if not (
         isinstance(shape, list)
         and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
@@ -87,7 +87,12 @@ def _shape(tensor: dict, name: str) -> list[int]:
         raise ProtocolError(
             400, f"input '{name}': a shape of {len(shape)} dimensions (at most {MAX_DIMS})"
         )
-    return shape
+    if datatype not in DATATYPES:
+        raise ProtocolError(
+            400,
+            f"input '{name}': unknown datatype {datatype!r} (one of {', '.join(DATATYPES)})",
+        )
+    return DATATYPES[datatype], math.prod(shape)  # a Python int: a huge shape cannot wrap
 
 
 def _object(value: Any, what: str) -> dict:
@@ -145,15 +150,8 @@ def parse_infer_request(body: bytes, header_length: str | None) -> InferRequest:
         if not isinstance(tensor, dict) or not isinstance(tensor.get("name"), str):
             raise ProtocolError(400, "each input must be an object with a 'name'")
         name = tensor["name"]
-        shape = _shape(tensor, name)
-        datatype = tensor.get("datatype")
-        if datatype not in DATATYPES:
-            raise ProtocolError(
-                400,
-                f"input '{name}': unknown datatype {datatype!r} (one of {', '.join(DATATYPES)})",
-            )
-        dtype = DATATYPES[datatype]
-        count = math.prod(shape)  # a Python int: a huge shape cannot wrap around
+        shape, datatype = tensor.get("shape"), tensor.get("datatype")
+        dtype, count = described(name, shape, datatype)
         size = _object(tensor.get("parameters"), f"input '{name}': 'parameters'").get(
             "binary_data_size"
         )

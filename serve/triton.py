@@ -4,11 +4,12 @@ tested against, serving the export stage's repository (`models/triton`).
 
 Triton gets an environment of its own because the wheel pins numpy<2. Its Python backend runs
 the repository's `<model>-python` models; the backend directory is built in a temporary folder
-(the installed package stays as it is), with the stub for the environment's Python beside the
-backend library. The stub's interpreter is isolated (it ignores PYTHONPATH), so model.py puts
-the environment's packages on sys.path itself, from `SITE_PACKAGES`: the repository names no
-path of this machine. Triton serves a mirror of the repository made of symlinks, since the stub
-writes bytecode caches beside each model.py and the export stage's output must stay as written.
+(the installed package stays as it is), with the wheel's model-process launcher built for the
+environment's Python beside the backend library. That process's interpreter is isolated (it
+ignores PYTHONPATH), so model.py puts the environment's packages on sys.path itself, from
+`SITE_PACKAGES`: the repository names no path of this machine. Triton serves a mirror of the
+repository made of symlinks, since the model process writes bytecode caches beside each model.py
+and the export stage's output must stay as written.
 """
 
 from __future__ import annotations
@@ -40,8 +41,9 @@ def _site_packages() -> Path | None:
     return found[-1].parent if found else None
 
 
-def _stub(site: Path) -> Path:
-    """The Python backend stub built for the environment's Python (3.X of lib/python3.X)."""
+def _launcher(site: Path) -> Path:
+    """The Python backend's model-process binary built for the environment's Python (3.X of
+    lib/python3.X)."""
     version = site.parent.name.removeprefix("python")
     return (
         site / "pytriton/tritonserver/python_backend_stubs" / version / "triton_python_backend_stub"
@@ -57,16 +59,16 @@ def unavailable() -> str | None:
     site = _site_packages()
     if site is None:
         return f"no Triton environment in {VENV} (`make install` creates .venv-triton)"
-    stub = _stub(site)
-    if not stub.is_file():
-        return f"nvidia-pytriton has no Python backend stub for {site.parent.name} ({stub})"
-    # the stub embeds the system's libpython of that version: without it every model fails
+    launcher = _launcher(site)
+    if not launcher.is_file():
+        return f"nvidia-pytriton has no Python backend binary for {site.parent.name} ({launcher})"
+    # it embeds the system's libpython of that version: without it every model fails
     if shutil.which("ldd"):
         env = {**os.environ, "LD_LIBRARY_PATH": _libraries(site)}
-        linked = subprocess.run(["ldd", str(stub)], capture_output=True, text=True, env=env)
+        linked = subprocess.run(["ldd", str(launcher)], capture_output=True, text=True, env=env)
         missing = [line.split()[0] for line in linked.stdout.splitlines() if "not found" in line]
         if missing:
-            return f"the Triton Python backend stub needs {', '.join(missing)}, not found here"
+            return f"the Triton Python backend binary needs {', '.join(missing)}, not found here"
     return None
 
 
@@ -108,18 +110,19 @@ class TritonServer:
         self._scratch: tempfile.TemporaryDirectory | None = None
 
     def _backend_directory(self, site: Path, into: Path) -> Path:
-        """backends/python as the wheel has it, plus the stub (symlinks, nothing copied)."""
+        """backends/python as the wheel has it, plus its model-process binary (symlinks, nothing
+        copied)."""
         python = into / "backends" / "python"
         python.mkdir(parents=True)
         for file in (site / "pytriton/tritonserver/backends/python").iterdir():
             if file.is_file():
                 (python / file.name).symlink_to(file)
-        (python / "triton_python_backend_stub").symlink_to(_stub(site))
+        (python / "triton_python_backend_stub").symlink_to(_launcher(site))
         return python.parent
 
     def _mirror(self, into: Path) -> Path:
-        """The repository as folders of symlinks: the stub writes a model.py's bytecode cache
-        beside it, and the repository (the export stage's output) must stay as written."""
+        """The repository as folders of symlinks: the model process writes a model.py's bytecode
+        cache beside it, and the repository (the export stage's output) must stay as written."""
         for source in sorted(self.repository.rglob("*")):
             if "__pycache__" in source.parts:
                 continue
