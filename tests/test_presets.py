@@ -52,7 +52,8 @@ OFFICIAL = {
         "train.batch_size": 64,
         "train.min_lr_ratio": 1e-3,
         "backbone.student.arch": VIT_B,
-        "backbone.student.kwargs.drop_path_rate": 0.1,
+        "backbone.student.kwargs": {"drop_path_rate": 0.1},  # timm's init: a trunc-normal head
+        "train.grad_clip": 0.0,  # the official script does not clip
         "train.variants": ["student-consolidator"],
         "adapters.consolidator": {"groups": [384], "shuffle": False, "drop_path": 0.0},
     },
@@ -69,8 +70,9 @@ OFFICIAL = {
         "train.epochs": 100,
         "train.warmup_epochs": 10,
         "train.batch_size": 64,
-        "backbone.teacher.arch": VIT_B,  # the larger backbone: iDAT's student
-        "backbone.student.arch": "vit_small_patch16_224.augreg_in21k",
+        "train.grad_clip": 0.0,
+        "backbone.teacher": {"arch": VIT_B, "weights": "timm"},  # the larger: iDAT's student
+        "backbone.student": {"arch": "vit_small_patch16_224.augreg_in21k", "weights": "timm"},
         "distill.variants": ["student-adapter-idat", "student-arc-idat"],
         "train.variants": ["teacher-adapter", "teacher-arc"],
         "adapters.adapter.width": 4,
@@ -159,11 +161,16 @@ def test_overrides_rebuild_the_same_params(path, tmp_path):
     assert params.backbone[role].weights == str(checkpoint.resolve())
 
 
-def test_weight_init_jax_zeroes_the_head():
-    """The presets' `weight_init: jax` gives ARC's zero-initialised head to every new head."""
+def test_weight_init_jax_zeroes_the_head_and_timms_own_is_trunc_normal():
+    """ARC's presets take `weight_init: jax` for a zero head; Consolidator's and iDAT's leave
+    timm's init, the official truncated normal (std 0.02) head with a zero bias."""
     kwargs = {"img_size": 16, "patch_size": 8, "embed_dim": 32, "depth": 1, "num_heads": 2}
     model = models.create("vit_tiny_patch16_224", {**kwargs, "weight_init": "jax"}, 5)
     assert torch.count_nonzero(model.head.weight) == 0
+    torch.manual_seed(0)
+    model = models.create("vit_small_patch16_224", {"img_size": 16, "patch_size": 8}, 1000)
+    assert model.head.weight.std().item() == pytest.approx(0.02, rel=0.05)
+    assert torch.count_nonzero(model.head.bias) == 0
 
 
 def test_dry_run_prints_the_dvc_command(tmp_path, capsys, monkeypatch):
