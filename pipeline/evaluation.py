@@ -1,6 +1,6 @@
 """The evaluate stage's work: top-1 of every deployable model on the test set in torch, beside
-the ONNX Runtime top-1 the export stage measured (its manifest), the parameter counts, and a
-confusion matrix per variant."""
+the ONNX Runtime top-1 the export stage measured (its manifest), the parameter counts, a
+confusion matrix per variant, and the pixel baselines (pipeline/baselines.py)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import numpy as np
 
 from pipeline import paths
 from pipeline.artifacts import deployables, load_deployable, load_task
+from pipeline.baselines import pixel_baselines
 from pipeline.config import Params
 from pipeline.io import read_json
 from pipeline.manifest import read_manifest
@@ -27,7 +28,7 @@ class Evaluation:
 
 
 def evaluate_all(params: Params) -> Evaluation:
-    (test,) = load_task("test")
+    train, val, test = load_task("train", "val", "test")
     out = Evaluation(classes=list(test.classes))
     for name, variant in deployables(all_variants(params)).items():
         model = load_deployable(name, variant)
@@ -48,4 +49,8 @@ def evaluate_all(params: Params) -> Evaluation:
             f"{name}: top-1 {out.report[name]['top1']:.2f}% (torch), "
             f"{out.report[name]['top1_onnxruntime']:.2f}% (ONNX Runtime)"
         )
+    cfg = params.evaluate
+    for name, row in pixel_baselines(train, val, test, cfg.pixels, cfg.c_grid).items():
+        out.report[name] = row
+        print(f"{name}: top-1 {row['top1']:.2f}% (C={row['C']:g}, val {row['val_top1']:.1f}%)")
     return out

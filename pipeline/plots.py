@@ -207,6 +207,30 @@ def continual_curves(results: dict[str, dict[str, dict]], path: str | Path) -> N
     _save(fig, path)
 
 
+def seed_bars(report: dict, path: str | Path) -> None:
+    """The seed study: mean ± std (error bars) over seeds of iDAT's runs (test top-1) and of
+    each learner's continual runs (class-incremental average accuracy), a panel each."""
+    runs = report["runs"]
+    idat = [k for k in runs if k.startswith("idat-")]
+    learners = list(dict.fromkeys(k.split("-")[0] for k in runs if k not in idat))
+    panels = {"iDAT (test top-1)": idat} | {
+        f"{learner} (CIL average accuracy)": [k for k in runs if k.startswith(f"{learner}-")]
+        for learner in learners
+    }
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 4), squeeze=False)
+    for ax, (title, names) in zip(axes.flat, panels.items()):
+        means = [runs[n]["mean"] for n in names]
+        stds = [runs[n]["std"] for n in names]
+        ax.bar(range(len(names)), means, yerr=stds, capsize=4, color="tab:blue", alpha=0.8)
+        ax.set_xticks(range(len(names)), [n.split("-", 1)[1] for n in names], rotation=30)
+        ax.set_title(title, fontsize=9)
+        ax.set_ylim(0, 100)
+        ax.grid(axis="y", alpha=0.3)
+    axes.flat[0].set_ylabel("percent")
+    fig.suptitle(f"over {len(report['seeds'])} seeds: mean ± std")
+    _save(fig, path)
+
+
 MEMORY_PARTS = ("weights", "gradients", "optimizer", "activations")
 
 

@@ -151,6 +151,17 @@ def continual(report: dict) -> Summary:
     }
 
 
+def seeds(report: dict) -> Summary:
+    """Mean and std over seeds of every run, and of each paired difference."""
+    groups = {"runs": report["runs"], "paired": report["paired"]}
+    out: Summary = {
+        stat: {k: _figure(v[stat]) for g in groups.values() for k, v in g.items()}
+        for stat in ("mean", "std")
+    }
+    out["study"] = {"seeds": len(report["seeds"]), "idat_kd_by_val": report["idat_kd_by_val"]}
+    return out
+
+
 SUMMARIES: dict[str, Callable[[dict], Summary]] = {
     "prepare": prepare,
     "merge": merge,
@@ -160,6 +171,7 @@ SUMMARIES: dict[str, Callable[[dict], Summary]] = {
     "reference": reference,
     "train_benchmark": train_benchmark,
     "continual": continual,
+    "seeds": seeds,
 }
 
 

@@ -164,10 +164,26 @@ def test_bottleneck_adapter_is_refused_by_merge_and_has_both_placements(tiny_vit
             block.adapter.up.weight.zero_()
             block.adapter.up.bias.zero_()
         torch.testing.assert_close(parallel.eval()(x), base(x))
+        parallel.blocks[0].adapter.down.weight.normal_()  # the official init is close to silent
         parallel.blocks[0].adapter.up.weight.normal_()
         assert (parallel(x) - base(x)).abs().max() > 1e-3
     with pytest.raises(PipelineError, match=r"placement must be sequential or parallel"):
         adapters.inject(tiny_vit(), "adapter", placement="diagonal")
+
+
+def test_bottleneck_adapter_starts_as_the_official_one(vit_b):
+    """Truncated normal (std 0.02) weights and zero biases, as iDAT's `_init_weights`: a fresh
+    adapter barely moves ViT-B's logits (torch's default Linear init moved them by ~1.5)."""
+    torch.manual_seed(0)
+    model = adapters.inject(copy.deepcopy(vit_b), "adapter").eval()
+    weights = torch.cat([b.adapter.down.weight.flatten() for b in model.blocks])
+    assert weights.std().item() == pytest.approx(0.02, rel=0.05)
+    for block in model.blocks:
+        assert not block.adapter.down.bias.any() and not block.adapter.up.bias.any()
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        moved = (model(x) - vit_b(x)).abs().max().item()
+    assert 0 < moved < 0.3
 
 
 def test_bad_options_are_clear(tiny_vit):

@@ -58,6 +58,16 @@ def test_glyphs_are_deterministic_and_labelled():
     assert np.median(a.images) < 40
 
 
+def test_glyphs_are_block_counts_like_the_digits():
+    # at image_size == grid nothing is interpolated: the 17 grey levels of 0..16 counts
+    counts = glyphs.generate(6, 20, 8, seed=0, grid=8).images[..., 0] / 255 * 16
+    np.testing.assert_allclose(counts, counts.round(), atol=0.04)
+    assert len(np.unique(counts.round())) == 17
+    # bright strokes on a dark ground, as much ink as a handwritten digit within a factor of 2
+    ink, digit_ink = counts.mean(), digits.load(8).images[..., 0].mean() / 255 * 16
+    assert digit_ink / 2 < ink < digit_ink * 2
+
+
 def test_split_file_roundtrip(tmp_path):
     data = glyphs.generate(3, 4, 8, seed=0)
     save_split(tmp_path / "s.npz", data)

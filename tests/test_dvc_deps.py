@@ -65,7 +65,11 @@ def closure(modules: list[str]) -> set[Path]:
 
 
 def _stages() -> dict[str, dict]:
-    return yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    """The pipeline's stages and the studies' (their `wdir` is the project root)."""
+    studies = yaml.safe_load((ROOT / "studies/dvc.yaml").read_text())["stages"]
+    assert all(s.get("wdir") == ".." for s in studies.values())
+    root = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    return root | {f"studies:{name}": stage for name, stage in studies.items()}
 
 
 def _spec(stage: dict) -> dict:
@@ -109,7 +113,8 @@ def test_the_import_walk_finds_lazy_and_relative_imports(tmp_path):
 
 def test_the_committed_lock_is_true_to_the_code_and_params():
     """`dvc status` compares each stage's code deps and params with the hashes dvc.lock holds.
-    Data and outputs (absent from a clone, or made since) do not count: only what git tracks."""
+    Data and outputs (absent from a clone, or made since) do not count: only what git tracks.
+    The pipeline's lock only: a study's (studies/dvc.lock) holds the code it last ran with."""
     env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
     tracked = set(
         subprocess.run(
@@ -117,7 +122,7 @@ def test_the_committed_lock_is_true_to_the_code_and_params():
         ).stdout.splitlines()
     )
     proc = subprocess.run(
-        [Path(sys.executable).parent / "dvc", "status", "--json"],
+        [Path(sys.executable).parent / "dvc", "status", "--json", "dvc.yaml"],
         cwd=ROOT,
         env=env,
         capture_output=True,

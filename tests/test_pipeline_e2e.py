@@ -52,6 +52,7 @@ TINY_PARAMS = {
         "dualprompt": {"g_length": 2, "e_length": 4},
         "coda": {"components": 4, "length": 4},
     },
+    "seeds": {"count": 2},
     "export": {"calibration_images": 32},
     "benchmark": {
         "batch_sizes": [1, 4],
@@ -94,7 +95,7 @@ def _merge(base: dict, change: dict) -> dict:
 def _project(tmp: Path, **changes) -> Path:
     for name in ("pipeline", "stages", "serve"):
         shutil.copytree(ROOT / name, tmp / name, ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("dvc.yaml", ".dvc/config", ".dvcignore", ".gitignore"):
+    for name in ("dvc.yaml", "studies/dvc.yaml", ".dvc/config", ".dvcignore", ".gitignore"):
         (tmp / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(ROOT / name, tmp / name)
     if (ROOT / ".venv-triton").is_dir():  # the benchmark's yardstick finds Triton beside serve/
@@ -180,7 +181,10 @@ def test_metrics_contracts(project):
         "student-lora_qkv-wecolora",
         "student-lora_qkv-wecolora-merged",
     }
-    assert set(evaluate) == names
+    baselines = {"pixels-logreg", "pixels-svc"}
+    assert set(evaluate) == names | baselines
+    for name in baselines:  # the 16 px images averaged to 8 x 8: strong on digits
+        assert evaluate.pop(name)["top1"] > 90 and evaluate.pop(name, None) is None
     for row in evaluate.values():
         assert 0 <= row["top1"] <= 100
         assert row["top1_onnxruntime"] == pytest.approx(row["top1"], abs=0.2)
@@ -418,6 +422,35 @@ def test_second_repro_does_nothing_and_experiments_run(project):
         assert top1 == _summary(project, "evaluate.json")["top1"]  # unchanged by the experiment
 
 
+def test_the_seed_study_is_its_own_stage_and_pairs_its_runs(project):
+    """`dvc repro` left the study alone; run by name, it trains every run once per seed."""
+    assert not (project / "reports/seeds.json").exists()
+    proc = _run(project, "dvc", "repro", "studies/dvc.yaml:seeds")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert re.findall(r"Running stage '([^']+)'", proc.stdout) == ["studies/dvc.yaml:seeds"]
+    report = _json(project, "seeds.json")
+    assert report["seeds"] == [0, 1] and len(report["rows"]) == 2
+    learners = ("l2p", "dualprompt", "coda")
+    runs = {f"{lr}-{r}" for lr in learners for r in ("teacher", "student", "kd", "cdl")}
+    assert set(report["runs"]) == {"idat-baseline", "idat-mse", "idat-kl", *runs}
+    rows = report["rows"]
+    mse = [r["idat"]["mse"]["top1"] - r["idat"]["baseline"]["top1"] for r in rows]
+    paired = report["paired"]["idat_mse_minus_baseline"]
+    assert paired["per_seed"] == pytest.approx(mse)
+    assert paired["mean"] == pytest.approx(sum(mse) / 2)
+    assert paired["std"] == pytest.approx(abs(mse[0] - mse[1]) / 2**0.5)
+    coda = [r["continual"]["coda-cdl"] - r["continual"]["coda-student"] for r in rows]
+    assert report["paired"]["coda_cdl_minus_student"]["per_seed"] == pytest.approx(coda)
+    assert report["idat_kd_by_val"] in ("mse", "kl")
+    # the seeds differ: two runs of one seed would give a zero spread everywhere
+    assert any(v["std"] > 0 for v in report["runs"].values())
+    summary = _summary(project, "seeds.json")
+    assert summary["mean"]["idat-mse"] == pytest.approx(report["runs"]["idat-mse"]["mean"], 1e-3)
+    assert summary["study"] == {"seeds": 2, "idat_kd_by_val": report["idat_kd_by_val"]}
+    assert (project / "plots/seeds.png").stat().st_size > 10_000
+    assert not (project / "checkpoints/seeds").exists()  # nothing left to resume
+
+
 def test_a_code_change_marks_exactly_the_stages_it_affects(project):
     """The normalisation constants feed the loaders of training, so every training stage (and
     what reads images) is changed; the stages that never import them are not."""
@@ -426,7 +459,7 @@ def test_a_code_change_marks_exactly_the_stages_it_affects(project):
     assert "MEAN = " in original
     transforms.write_text(original.replace("MEAN = ", "MEAN = 0.25, 0.25, 0.25  # was ", 1))
     try:
-        status = _run(project, "dvc", "status", "--json")
+        status = _run(project, "dvc", "status", "--json", "dvc.yaml")
         assert status.returncode == 0, status.stderr
         changed = {
             stage
@@ -438,7 +471,7 @@ def test_a_code_change_marks_exactly_the_stages_it_affects(project):
     assert {"train@student-lora", "train@teacher-lora", "distill", "backbone@student"} <= changed
     assert {"merge", "export", "evaluate", "benchmark", "continual"} <= changed
     assert "train_benchmark" in changed  # its loop imports the loaders
-    clean = _run(project, "dvc", "status", "--json")
+    clean = _run(project, "dvc", "status", "--json", "dvc.yaml")
     assert json.loads(clean.stdout) == {}, "restoring the file restores the lock's state"
 
 

@@ -17,9 +17,14 @@ from pipeline.adapters.base import Method
 class Bottleneck(nn.Module):
     def __init__(self, dim: int, width: int) -> None:
         super().__init__()
-        self.down = nn.Linear(dim, width)  # default Linear init, as the official code
+        self.down = nn.Linear(dim, width)
         self.act = nn.GELU()
         self.up = nn.Linear(width, dim)
+        # the official model re-initialises every Linear, adapters included (JCruan519/iDAT's
+        # `_init_weights`): a fresh adapter then moves the logits by ~0.07, not ~1.5
+        for linear in (self.down, self.up):
+            nn.init.trunc_normal_(linear.weight, std=0.02)
+            nn.init.zeros_(linear.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.up(self.act(self.down(x)))

@@ -35,6 +35,11 @@ def check(params: Params) -> None:
                 f"train.method_lr.{method}: needs a known method and a rate > 0, "
                 f"got {lr!r} (methods: {', '.join(METHODS)})"
             )
+    if params.seeds.idat_method not in METHODS:
+        raise ConfigError(
+            f"seeds.idat_method: unknown method {params.seeds.idat_method!r} "
+            f"(methods: {', '.join(METHODS)})"
+        )
     if len(params.train.betas) != 2 or not all(0 <= b < 1 for b in params.train.betas):
         raise ConfigError(f"train.betas must be two numbers in [0, 1), got {params.train.betas}")
     _check_training_bench(params.benchmark.training)

@@ -65,6 +65,9 @@ def _rule(problem: Callable[[Any], str | None]) -> AfterValidator:
 _positive = _rule(lambda v: None if v > 0 else "must be > 0")
 _non_negative = _rule(lambda v: None if v >= 0 else "must be >= 0")
 _fraction = _rule(lambda v: None if 0 <= v < 1 else "must be in [0, 1)")
+_non_empty_positive = _rule(
+    lambda v: None if v and min(v) > 0 else "must be a non-empty list of values > 0"
+)
 _levels = _rule(lambda v: None if v and min(v) >= 1 else "must be a non-empty list of levels >= 1")
 
 
@@ -102,11 +105,12 @@ class DataConfig(Section):
 class PretrainConfig(Section):
     """The project-made source data (glyphs) and the recipe that pre-trains the backbones."""
 
-    num_classes: Annotated[int, _positive] = 16
-    samples_per_class: Annotated[int, _positive] = 400
+    num_classes: Annotated[int, _positive] = 128
+    samples_per_class: Annotated[int, _positive] = 120
+    grid: Annotated[int, _positive] = 8  # glyphs are grid x grid block counts, as the digits
     val_fraction: Annotated[Float, _fraction] = 0.1
-    epochs: Annotated[int, _positive] = 4
-    lr: Annotated[Float, _positive] = 1e-3
+    epochs: Annotated[int, _positive] = 10
+    lr: Annotated[Float, _positive] = 2e-3
     weight_decay: Annotated[Float, _non_negative] = 0.05
     batch_size: Annotated[int, _positive] = 128
 
@@ -219,6 +223,22 @@ class OpenVinoExportConfig(Section):
     ] = 0.95
     accuracy_control: bool = False
     max_iterations: Annotated[int, _positive] = 10
+
+
+class SeedsConfig(Section):
+    """The seed study (`dvc repro seeds`): iDAT and the continual study over `count` seeds."""
+
+    count: Annotated[int, _positive] = 3  # seeds params.seed, params.seed + 1, ...
+    idat_method: str = "arc"  # the adapter in both of iDAT's models, and trained alone
+    idat_kd: Annotated[list[str], _all_of("mse", "kl")] = ["mse", "kl"]
+
+
+class EvaluateConfig(Section):
+    """The pixel baselines every run records beside the ViTs (pipeline/baselines.py)."""
+
+    pixels: Annotated[int, _positive] = 8  # images averaged down to pixels x pixels
+    # LogisticRegression's and SVC's C: each fitted on train, the best on val counts
+    c_grid: Annotated[list[Float], _non_empty_positive] = [0.01, 0.1, 1.0, 10.0, 100.0]
 
 
 class ExportConfig(Section):
@@ -341,6 +361,8 @@ class Params(Section):
     distill: DistillConfig = Field(default_factory=DistillConfig)
     continual: ContinualConfig = Field(default_factory=ContinualConfig)
     merge: MergeConfig = Field(default_factory=MergeConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    seeds: SeedsConfig = Field(default_factory=SeedsConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)
     benchmark: BenchmarkConfig = Field(default_factory=BenchmarkConfig)
 

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 
 from pipeline import PipelineError
 from pipeline.io import atomic_path
@@ -32,6 +34,14 @@ class ImageSet:
 
     def subset(self, index: np.ndarray) -> ImageSet:
         return ImageSet(self.images[index], self.labels[index], self.classes)
+
+
+def upsample(gray: np.ndarray, image_size: int) -> np.ndarray:
+    """Grey images (N, h, w) in [0, 1] -> uint8 RGB (N, image_size, image_size, 3), bilinear."""
+    x = torch.from_numpy(gray.astype(np.float32))[:, None]
+    x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False)
+    rgb = (x.clamp(0, 1) * 255).round().to(torch.uint8).repeat(1, 3, 1, 1)
+    return rgb.permute(0, 2, 3, 1).numpy()
 
 
 def save_split(path: str | Path, data: ImageSet) -> None:

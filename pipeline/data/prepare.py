@@ -95,7 +95,7 @@ def check_task(params: Params, task: dict[str, ImageSet]) -> None:
 
 def source(cfg: PretrainConfig, image_size: int, seed: int) -> dict[str, ImageSet]:
     """The glyphs source data for backbone pre-training as {"train", "val"}."""
-    full = glyphs.generate(cfg.num_classes, cfg.samples_per_class, image_size, seed)
+    full = glyphs.generate(cfg.num_classes, cfg.samples_per_class, image_size, seed, cfg.grid)
     n_val = max(1, int(len(full) * cfg.val_fraction))
     val, train = random_split(len(full), [n_val], seed)
     return {"train": full.subset(train), "val": full.subset(val)}
