@@ -208,14 +208,17 @@ def continual_curves(results: dict[str, dict[str, dict]], path: str | Path) -> N
 
 
 def seed_bars(report: dict, path: str | Path) -> None:
-    """The seed study: mean ± std (error bars) over seeds of iDAT's runs (test top-1) and of
-    each learner's continual runs (class-incremental average accuracy), a panel each."""
+    """The seed study: mean ± std (error bars) over seeds of iDAT's and WeCoLoRA's runs (test
+    top-1) and of each learner's continual runs (class-incremental average accuracy), a panel
+    each."""
     runs = report["runs"]
-    idat = [k for k in runs if k.startswith("idat-")]
-    learners = list(dict.fromkeys(k.split("-")[0] for k in runs if k not in idat))
-    panels = {"iDAT (test top-1)": idat} | {
-        f"{learner} (CIL average accuracy)": [k for k in runs if k.startswith(f"{learner}-")]
-        for learner in learners
+    groups = list(dict.fromkeys(k.split("-")[0] for k in runs))
+    titles = {"idat": "iDAT (test top-1)", "wecolora": "WeCoLoRA (test top-1)"}
+    panels = {
+        titles.get(group, f"{group} (CIL average accuracy)"): [
+            k for k in runs if k.startswith(f"{group}-")
+        ]
+        for group in groups
     }
     fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 4), squeeze=False)
     for ax, (title, names) in zip(axes.flat, panels.items()):

@@ -1,14 +1,16 @@
 """The seeds stage's work: the methods' claims over several seeds, with their spread.
 
 Per seed: iDAT (each `seeds.idat_kd`) against the same adapter trained alone on the larger
-backbone, and the continual study (each learner's teacher, student alone, KD and CDL-Prompt
-students). Every run of a seed starts from that seed; the backbones and the data stay the same,
-so the spread is that of initialisation and data order. Each finished seed is kept under
-`checkpoints/seeds/`, so a stopped study resumes where it stopped.
+backbone, WeCoLoRA's student with each of `seeds.wecolora_methods` (enhanced LoRA, plain q/v
+LoRA, the weight copy alone), and the continual study (each learner's teacher, student alone,
+KD and CDL-Prompt students). Every run of a seed starts from that seed; the backbones and the
+data stay the same, so the spread is that of initialisation and data order. Each finished seed
+is kept under `checkpoints/seeds/`, so a stopped study resumes where it stopped.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -20,6 +22,7 @@ from pipeline.config import Params
 from pipeline.continual.study import run_learner
 from pipeline.continual.tasks import class_order, split_tasks
 from pipeline.data import ImageSet
+from pipeline.distill import wecolora
 from pipeline.distill.idat import build_pair, loss
 from pipeline.io import digest, read_json, write_json
 from pipeline.train import evaluate, fit, seed_everything
@@ -57,6 +60,27 @@ def idat_runs(params: Params, splits: list[ImageSet], checkpoints: Path) -> dict
     return out
 
 
+def wecolora_runs(params: Params, splits: list[ImageSet], checkpoints: Path) -> dict[str, dict]:
+    """{"<method>": …}: test and val top-1 (%) of WeCoLoRA's probed student per method."""
+    train, val, test = splits
+    out = {}
+    for method in params.seeds.wecolora_methods:
+        seed_everything(params.seed)
+        student, record = wecolora.distilled(
+            params,
+            f"seed {params.seed} wecolora {method}",
+            method,
+            train,
+            val,
+            lambda run: {"checkpoint_dir": checkpoints / run.replace(" ", "-")},
+        )
+        out[method] = {
+            "val_top1": record["probe"][-1]["val_top1"],
+            "top1": evaluate(student, test)[1],
+        }
+    return out
+
+
 def continual_runs(params: Params, splits: list[ImageSet], checkpoints: Path) -> dict[str, float]:
     """{"<learner>-<run>": class-incremental average accuracy (%)} for every learner and run."""
     cfg = params.continual
@@ -81,14 +105,26 @@ def _spread(values: list[float]) -> dict[str, float]:
 
 def summarise(rows: list[dict], learners: list[str], kds: list[str]) -> dict:
     """Mean ± std per run, and the paired differences (per seed, then their mean ± std):
-    iDAT − the adapter alone, CDL-Prompt − the student alone."""
+    iDAT − the adapter alone, WeCoLoRA's enhanced LoRA − each other method, CDL-Prompt − the
+    student alone."""
     figures = {f"idat-{name}": [r["idat"][name]["top1"] for r in rows] for name in rows[0]["idat"]}
+    figures |= {
+        f"wecolora-{name}": [r["wecolora"][name]["top1"] for r in rows]
+        for name in rows[0]["wecolora"]
+    }
     figures |= {name: [r["continual"][name] for r in rows] for name in rows[0]["continual"]}
     paired = {
         f"idat_{kd}_minus_baseline": [
             r["idat"][kd]["top1"] - r["idat"]["baseline"]["top1"] for r in rows
         ]
         for kd in kds
+    }
+    enhanced, *others = rows[0]["wecolora"] or [None]  # the first listed against the others
+    paired |= {
+        f"wecolora_{enhanced}_minus_{other}": [
+            r["wecolora"][enhanced]["top1"] - r["wecolora"][other]["top1"] for r in rows
+        ]
+        for other in others
     }
     paired |= {
         f"{learner}_cdl_minus_student": [
@@ -124,11 +160,12 @@ def seed_study(params: Params) -> dict:
                 "key": key,
                 "seed": seed,
                 "idat": idat_runs(at, splits, folder / f"seed{seed}"),
+                "wecolora": wecolora_runs(at, splits, folder / f"seed{seed}" / "wecolora"),
                 "continual": continual_runs(at, splits, folder / f"seed{seed}" / "continual"),
             }
             write_json(done, row)  # a stopped study keeps every finished seed
         rows.append({k: v for k, v in row.items() if k != "key"})
-        print(f"seed {seed}: {rows[-1]['idat']} {rows[-1]['continual']}")
+        print(f"seed {seed}: {json.dumps(rows[-1])}")
     report = {
         "seeds": [r["seed"] for r in rows],
         "idat_method": cfg.idat_method,

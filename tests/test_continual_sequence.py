@@ -52,6 +52,11 @@ def test_a_sequence_fills_the_matrix_and_leaves_old_classes_heads_alone(tmp_path
     assert model.seen == [0, 1, 2, 3]
     torch.testing.assert_close(heads[1][:2], heads[0][:2], rtol=0, atol=0)  # masked: untouched
     assert (heads[1][2:] - heads[0][2:]).abs().max() > 0
+    # a softmax over a task's own classes never moves the sum of its rows: the head starts at
+    # zero, so every task's logits stay centred at the same level (no random offset per task)
+    for t, rows in ((0, slice(0, 2)), (1, slice(2, 4))):
+        assert heads[t][rows].abs().max() > 0.01
+        torch.testing.assert_close(heads[t][rows].sum(0), torch.zeros(32), rtol=0, atol=1e-5)
 
 
 def test_a_stopped_sequence_resumes_at_the_task_it_was_in(tmp_path, glyph_data):

@@ -432,13 +432,17 @@ def test_the_seed_study_is_its_own_stage_and_pairs_its_runs(project):
     assert report["seeds"] == [0, 1] and len(report["rows"]) == 2
     learners = ("l2p", "dualprompt", "coda")
     runs = {f"{lr}-{r}" for lr in learners for r in ("teacher", "student", "kd", "cdl")}
-    assert set(report["runs"]) == {"idat-baseline", "idat-mse", "idat-kl", *runs}
+    wecolora = {"wecolora-lora_qkv", "wecolora-lora_qv", "wecolora-linear"}
+    assert set(report["runs"]) == {"idat-baseline", "idat-mse", "idat-kl", *wecolora, *runs}
     rows = report["rows"]
     mse = [r["idat"]["mse"]["top1"] - r["idat"]["baseline"]["top1"] for r in rows]
     paired = report["paired"]["idat_mse_minus_baseline"]
     assert paired["per_seed"] == pytest.approx(mse)
     assert paired["mean"] == pytest.approx(sum(mse) / 2)
     assert paired["std"] == pytest.approx(abs(mse[0] - mse[1]) / 2**0.5)
+    copy = [r["wecolora"]["lora_qkv"]["top1"] - r["wecolora"]["linear"]["top1"] for r in rows]
+    assert report["paired"]["wecolora_lora_qkv_minus_linear"]["per_seed"] == pytest.approx(copy)
+    assert "wecolora_lora_qkv_minus_lora_qv" in report["paired"]
     coda = [r["continual"]["coda-cdl"] - r["continual"]["coda-student"] for r in rows]
     assert report["paired"]["coda_cdl_minus_student"]["per_seed"] == pytest.approx(coda)
     assert report["idat_kd_by_val"] in ("mse", "kl")

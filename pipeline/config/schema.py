@@ -202,7 +202,10 @@ class ContinualConfig(Section):
     alpha: Annotated[Float, _fraction] = 0.5
     temperature: Annotated[Float, _positive] = 2.0
     feature_weight: Annotated[Float, _non_negative] = 0.0  # FitNets' feature loss; the paper: 0.1
-    mapping: bool = True  # CDL-Prompt's teacher -> student prompt mapping; False: KD head only
+    # CDL-Prompt's KD head learns the teacher's logits on every class seen so far (chosen on
+    # val), or on the current task's alone (the paper's KL)
+    kd_head_classes: Literal["current", "seen"] = "seen"
+    mapping: bool = False  # CDL-Prompt's teacher -> student prompt mapping (the paper's; off)
     mapping_heads: Annotated[int, _positive] = 1
     l2p: L2PConfig = Field(default_factory=L2PConfig)
     dualprompt: DualPromptConfig = Field(default_factory=DualPromptConfig)
@@ -225,12 +228,19 @@ class OpenVinoExportConfig(Section):
     max_iterations: Annotated[int, _positive] = 10
 
 
+WECOLORA_METHODS = ("lora_qkv", "lora_qv", "linear")  # enhanced LoRA first: the others pair with it
+
+
 class SeedsConfig(Section):
-    """The seed study (`dvc repro seeds`): iDAT and the continual study over `count` seeds."""
+    """The seed study (`dvc repro seeds`): iDAT, WeCoLoRA and the continual study over `count`
+    seeds."""
 
     count: Annotated[int, _positive] = 3  # seeds params.seed, params.seed + 1, ...
     idat_method: str = "arc"  # the adapter in both of iDAT's models, and trained alone
     idat_kd: Annotated[list[str], _all_of("mse", "kl")] = ["mse", "kl"]
+    # WeCoLoRA's student with the enhanced LoRA against its ablations: plain q/v LoRA and the
+    # weight copy alone (`linear`: nothing distilled), each then probed
+    wecolora_methods: Annotated[list[str], _all_of(*WECOLORA_METHODS)] = list(WECOLORA_METHODS)
 
 
 class EvaluateConfig(Section):

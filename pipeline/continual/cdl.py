@@ -1,17 +1,19 @@
-"""CDL-Prompt: a student whose prompts are mapped from its teacher's, with a KD head.
+"""CDL-Prompt: a student with a KD head beside its own head, and optionally prompts mapped
+from its teacher's.
 
-The paper describes the mapping but its code is not public; this is our design:
 - The student keeps its own prompt learner (its own keys and query), so inference needs no
   teacher pass and costs what the student alone costs.
-- While a task trains, each prompt the task trains reads its teacher's counterpart (the table
-  at the same relative depth) through a trainable projection (teacher width -> student width)
-  and a cross-attention: P_S' = P_S + Attn(P_S, W P_T, W P_T). The attention's output
-  projection starts at zero, so a fresh mapping leaves the student's prompts as they are.
-- When the task ends, P_S' is folded into P_S for those prompts (`fold`), so a prompt learnt
-  for an earlier task stays as it was learnt: the mapping keeps training for later tasks
-  without drifting the old prompts.
 - A KD head beside the student head learns from the teacher's logits; the prediction is the
-  mean of both heads' logits.
+  mean of both heads' logits, as the official code has it. The paper's KL compares the current
+  task's classes; `kd_head_classes="seen"` compares every class seen so far, so the KD head
+  also learns how the teacher ranks the old classes against the new ones.
+- The paper's mapping of teacher prompts into the student's is not public (the official code
+  runs none); with `mapping`, this is our design of it. While a task trains, each prompt the
+  task trains reads its teacher's counterpart (the table at the same relative depth) through a
+  trainable projection (teacher width -> student width) and a cross-attention:
+  P_S' = P_S + Attn(P_S, W P_T, W P_T). The attention's output projection starts at zero, so a
+  fresh mapping leaves the student's prompts as they are. When the task ends, P_S' is folded
+  into P_S for those prompts (`fold`) and the mapping starts again from a no-op.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from torch import nn
 from pipeline.continual.learners import PromptLearner
 from pipeline.continual.losses import current_only, feature_hint, masked_ce
 from pipeline.continual.memo import frozen_outputs
-from pipeline.continual.model import PromptedViT
+from pipeline.continual.model import PromptedViT, zero_head
 from pipeline.distill.losses import kl_logits
 from pipeline.train.loop import LossFn
 
@@ -84,7 +86,7 @@ class CDLStudent(PromptedViT):
     ) -> None:
         super().__init__(vit, learner, num_classes)
         widths = (vit.embed_dim, teacher.vit.embed_dim)
-        self.kd_head = nn.Linear(vit.embed_dim, num_classes)
+        self.kd_head = zero_head(vit.embed_dim, num_classes)
         self.mapping = MappedPrompts(learner, teacher.learner, widths, heads) if mapping else None
         if self.mapping:  # without it: the KD head alone (an ablation of the mapping)
             learner.source = self.mapping.table
@@ -98,9 +100,15 @@ class CDLStudent(PromptedViT):
 
     @torch.no_grad()
     def fold(self) -> None:
-        """Make the current task's mapped prompts the learner's own (call when a task ends)."""
-        for name in type(self.learner).TABLES if self.mapping else ():
+        """Make the current task's mapped prompts the learner's own (call when a task ends),
+        and the mapping a no-op again: prompts every task trains (L2P's pool, DualPrompt's
+        G-prompt) would otherwise get the folded delta a second time at the next task."""
+        if self.mapping is None:
+            return
+        for name in type(self.learner).TABLES:
             getattr(self.learner, name).add_(self.mapping.delta(name))
+        nn.init.zeros_(self.mapping.attention.out_proj.weight)
+        nn.init.zeros_(self.mapping.attention.out_proj.bias)
 
     def materialize(self) -> PromptedViT:
         """The deployable student: a prompted ViT with the two heads averaged into one and no
@@ -120,11 +128,13 @@ def cdl_loss(
     alpha: float,
     temperature: float,
     feature_weight: float = 0.0,
+    kd_classes: list[int] | None = None,
 ) -> LossFn:
-    """(1 - alpha) CE of the student head + alpha T^2 KL(teacher || KD head), both on the
-    current classes, plus the learner's key loss (and FitNets' feature loss if weighted)."""
+    """(1 - alpha) CE of the student head on the current classes + alpha T^2 KL(teacher || KD
+    head) on `kd_classes` (by default the current ones: the paper's), plus the learner's key
+    loss (and FitNets' feature loss if weighted)."""
     teacher.eval().requires_grad_(False)
-    index = list(classes)
+    index = list(classes if kd_classes is None else kd_classes)
     frozen = frozen_outputs(teacher)
 
     def loss(model: CDLStudent, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -15,12 +15,22 @@ from pipeline.continual.memo import ImageMemo
 from pipeline.continual.prefix import prompted_features
 
 
+def zero_head(width: int, num_classes: int) -> nn.Linear:
+    """A linear head starting at zero. Each task trains its rows by a softmax over its own
+    classes only, which never changes the sum of those rows: a random start would leave every
+    task a random logit level of its own, against which the tasks' classes then compete."""
+    head = nn.Linear(width, num_classes)
+    nn.init.zeros_(head.weight)
+    nn.init.zeros_(head.bias)
+    return head
+
+
 class PromptedViT(nn.Module):
     def __init__(self, vit: VisionTransformer, learner: PromptLearner, num_classes: int) -> None:
         super().__init__()
         self.vit = vit.eval().requires_grad_(False)
         self.learner = learner
-        self.head = nn.Linear(vit.embed_dim, num_classes)
+        self.head = zero_head(vit.embed_dim, num_classes)
         self.task = 0  # the task being trained (DualPrompt's E-prompt while training)
         self.seen: list[int] = []  # classes of the tasks trained so far
         self.key_loss = self.feature = torch.zeros(())

@@ -121,7 +121,12 @@ def run_learner(
         "cdl",
         with_hint(cdl),
         loss_for=lambda t, classes: cdl_loss(
-            teacher_at(t, classes), classes, cfg.alpha, cfg.temperature, cfg.feature_weight
+            teacher_at(t, classes),
+            classes,
+            cfg.alpha,
+            cfg.temperature,
+            cfg.feature_weight,
+            cdl.seen if cfg.kd_head_classes == "seen" else classes,
         ),
         after_task=lambda t: cdl.fold(),
     )

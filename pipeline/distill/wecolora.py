@@ -9,6 +9,10 @@ all tokens; options `per_block` (student block j against teacher block j·r + 1)
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from copy import deepcopy
+from pathlib import Path
+
 import numpy as np
 import torch
 from timm.models.vision_transformer import VisionTransformer
@@ -92,8 +96,18 @@ def few_shot(data: ImageSet, fraction: float, seed: int) -> ImageSet:
     return data.subset(np.sort(np.concatenate(picks)))
 
 
-def run(params: Params, variant: Variant, train: ImageSet, val: ImageSet) -> list[dict]:
-    """Copy, distil the adapters on a few-shot subset, then a linear probe on the task."""
+def distilled(
+    params: Params,
+    name: str,
+    method: str,
+    train: ImageSet,
+    val: ImageSet,
+    dirs: Callable[[str], dict[str, Path]],
+) -> tuple[VisionTransformer, dict]:
+    """Copy the teacher, distil `method`'s adapters on a few-shot subset, then a linear probe
+    on the task. The student (adapters and head trainable) and what its record needs: `copy`
+    (the frozen weight copy, unsaved), `kept` blocks, the `probe` and `distill` histories.
+    `dirs(run)` gives the checkpoint (and dvclive) folders of the runs `name` and `name-probe`."""
     cfg = params.distill.wecolora
     teacher_dir = paths.BACKBONES / "teacher"
     teacher = models.load_model(teacher_dir)
@@ -105,10 +119,8 @@ def run(params: Params, variant: Variant, train: ImageSet, val: ImageSet) -> lis
     kwargs = {**spec["kwargs"], "depth": len(kept)}
     student = models.create(spec["arch"], kwargs, 0)
     weight_copy(teacher, student, cfg.ratio, cfg.keep)
-    copy_dir = variant.folder / "backbone"  # the frozen copy the adapters belong to
-    if is_main():
-        models.save_model(copy_dir, student, spec["arch"], kwargs, 0)
-    adapters.inject(student, variant.method, **params.adapters.get(variant.method, {}))
+    copy = {"model": deepcopy(student), "arch": spec["arch"], "kwargs": kwargs}
+    adapters.inject(student, method, **params.adapters.get(method, {}))
     adapter_names = set(adapters.trainable_state(student))
     history = []
     if adapter_names:  # `linear` is the weight copy alone: nothing to distil
@@ -129,13 +141,11 @@ def run(params: Params, variant: Variant, train: ImageSet, val: ImageSet) -> lis
             shots_val,
             override(params.train, cfg.recipe, "distill.wecolora.recipe"),
             seed=params.seed,
-            desc=f"{variant.name} distil",
-            **build.run_dirs("distill", variant.name),
+            desc=f"{name} distil",
+            **dirs(name),
             loss_fn=feature_loss,
             evaluate_fn=val_feature_loss,
-            fingerprint=build.fingerprint(
-                variant.name, student, teacher_dir, wecolora=cfg.model_dump()
-            ),
+            fingerprint=build.fingerprint(name, student, teacher_dir, wecolora=cfg.model_dump()),
         )
     # the task head: a linear probe on the CLS token of the distilled, now frozen, student
     student.reset_classifier(len(train.classes))
@@ -146,21 +156,37 @@ def run(params: Params, variant: Variant, train: ImageSet, val: ImageSet) -> lis
         val,
         build.recipe(params, "linear"),
         seed=params.seed,
-        desc=f"{variant.name} probe",
-        **build.run_dirs("distill", f"{variant.name}-probe"),
+        desc=f"{name} probe",
+        **dirs(f"{name}-probe"),
         # the probe belongs to this distilled student: its adapters are part of the identity
         fingerprint=build.fingerprint(
-            variant.name,
+            name,
             student,
             teacher_dir,
             probe=True,
             adapters=tensor_digest(adapters.trainable_state(student)),
         ),
     )
+    for key, p in student.named_parameters():
+        p.requires_grad_(key in adapter_names or key.startswith("head."))
+    return student, {"copy": copy, "kept": kept, "probe": probe, "distill": history}
+
+
+def run(params: Params, variant: Variant, train: ImageSet, val: ImageSet) -> list[dict]:
+    """The variant's student (`distilled`), saved beside its frozen weight copy."""
+    student, record = distilled(
+        params,
+        variant.name,
+        variant.method,
+        train,
+        val,
+        lambda run: build.run_dirs("distill", run),
+    )
     if not is_main():
-        return probe
-    for name, p in student.named_parameters():
-        p.requires_grad_(name in adapter_names or name.startswith("head."))
+        return record["probe"]
+    copy_dir = variant.folder / "backbone"  # the frozen copy the adapters belong to
+    copy = record["copy"]
+    models.save_model(copy_dir, copy["model"], copy["arch"], copy["kwargs"], 0)
     save_variant(
         variant.folder,
         student,
@@ -168,9 +194,9 @@ def run(params: Params, variant: Variant, train: ImageSet, val: ImageSet) -> lis
         role="student",
         backbone=copy_dir,
         classes=train.classes,
-        history=probe,
+        history=record["probe"],
         distillation="wecolora",
-        distill_history=history,
-        kept_blocks=kept,
+        distill_history=record["distill"],
+        kept_blocks=record["kept"],
     )
-    return probe
+    return record["probe"]
