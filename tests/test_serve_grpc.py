@@ -319,24 +319,40 @@ def _burst(stub: service_pb2_grpc.GRPCInferenceServiceStub, n: int = 8) -> None:
 
 
 def test_http_and_grpc_requests_share_batches(model_dir):
-    args = ["--model", _onnx(model_dir), "--max-queue-delay-us", "300000", "--threads", "1"]
+    """One HTTP and one gRPC request that queue while the model computes run as one batch: one
+    batcher behind both transports. A large request keeps the worker busy while they arrive,
+    so the test does not hang on how fast this machine answers a lone request."""
+    heavy = _batch(4096)  # hundreds of milliseconds of compute on one thread
+    args = ["--model", _onnx(model_dir), "--max-batch-size", "4096", "--threads", "1"]
+    args += ["--max-payload-bytes", str(64 << 20), "--grpc-port", "0"]
     http_x, grpc_x = _batch(2, seed=1), _batch(3, seed=2)
     rounds = []
-    with ServerProcess([*args, "--grpc-port", "0"]) as s:
-        stub = _stub(s.grpc_url)
-        while len(rounds) < 5 and 1 not in rounds:
-            _burst(stub)
-            before = test_serve._stats(s.url, "tiny-merged")
-            http, over_grpc = _together(
+    with ServerProcess(args) as s:
+        stub = _stub(s.grpc_url)  # connections open before the clock starts
+        stub.ServerReady(service_pb2.ServerReadyRequest())
+
+        def pair() -> list:
+            time.sleep(0.3)  # the heavy request is computing by now
+            return _together(
                 lambda: test_serve._infer(s.url, "tiny-merged", http_x),
-                lambda: _infer(s.grpc_url, grpc_x),
+                lambda: stub.ModelInfer(_request(grpc_x)),
+            )
+
+        while len(rounds) < 3 and 5 not in rounds:
+            before = test_serve._stats(s.url, "tiny-merged")
+            _, (http, reply) = _together(
+                lambda: test_serve._infer(s.url, "tiny-merged", heavy), pair
             )
             after = test_serve._stats(s.url, "tiny-merged")
+            over_grpc = np.frombuffer(reply.raw_output_contents[0], "<f4").reshape(3, -1)
             np.testing.assert_allclose(http, _direct(model_dir, http_x), atol=1e-5)
             np.testing.assert_allclose(over_grpc, _direct(model_dir, grpc_x), atol=1e-5)
-            assert after["inference_count"] - before["inference_count"] == 5
-            rounds.append(after["execution_count"] - before["execution_count"])
-    assert rounds[-1] == 1, f"executions per round of one HTTP and one gRPC request: {rounds}"
+            assert after["inference_count"] - before["inference_count"] == 4096 + 5
+            ran = {b["batch_size"]: b["compute_infer"]["count"] for b in after["batch_stats"]}
+            was = {b["batch_size"]: b["compute_infer"]["count"] for b in before["batch_stats"]}
+            # the sizes of this round's batches, in images: the pair together is one of 5
+            rounds.append(max(n for n in ran if ran[n] > was.get(n, 0) and n < 4096))
+    assert rounds[-1] == 5, f"the pair's largest batch per round, in images: {rounds}"
 
 
 def test_load_client_over_grpc_reports_percentiles_throughput_and_the_server_split(server):
