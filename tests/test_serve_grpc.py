@@ -319,40 +319,51 @@ def _burst(stub: service_pb2_grpc.GRPCInferenceServiceStub, n: int = 8) -> None:
 
 
 def test_http_and_grpc_requests_share_batches(model_dir):
-    """One HTTP and one gRPC request that queue while the model computes run as one batch: one
-    batcher behind both transports. A large request keeps the worker busy while they arrive,
-    so the test does not hang on how fast this machine answers a lone request."""
-    heavy = _batch(4096)  # hundreds of milliseconds of compute on one thread
-    args = ["--model", _onnx(model_dir), "--max-batch-size", "4096", "--threads", "1"]
-    args += ["--max-payload-bytes", str(64 << 20), "--grpc-port", "0"]
+    """One HTTP and one gRPC request sent together under load run in one batch: one batcher
+    behind both transports. Two clients keep the model busy with batches of `chunk` images, so
+    the pair queues (or the batcher waits for as many requests as its last batch held) however
+    fast this machine answers; the pair's images are the batch sizes' remainder modulo `chunk`."""
+    chunk = 2048  # tens of milliseconds a batch: the pair's two arrivals fall inside one
+    args = ["--model", _onnx(model_dir), "--max-batch-size", str(4 * chunk), "--threads", "1"]
+    args += ["--max-queue-delay-us", "300000", "--max-payload-bytes", str(64 << 20)]
     http_x, grpc_x = _batch(2, seed=1), _batch(3, seed=2)
     rounds = []
-    with ServerProcess(args) as s:
-        stub = _stub(s.grpc_url)  # connections open before the clock starts
-        stub.ServerReady(service_pb2.ServerReadyRequest())
+    with ServerProcess([*args, "--grpc-port", "0"]) as s:
+        stub = _stub(s.grpc_url)
+        stop = threading.Event()
 
-        def pair() -> list:
-            time.sleep(0.3)  # the heavy request is computing by now
-            return _together(
-                lambda: test_serve._infer(s.url, "tiny-merged", http_x),
-                lambda: stub.ModelInfer(_request(grpc_x)),
-            )
+        def load() -> None:
+            while not stop.is_set():
+                test_serve._infer(s.url, "tiny-merged", _batch(chunk))
 
-        while len(rounds) < 3 and 5 not in rounds:
-            before = test_serve._stats(s.url, "tiny-merged")
-            _, (http, reply) = _together(
-                lambda: test_serve._infer(s.url, "tiny-merged", heavy), pair
-            )
-            after = test_serve._stats(s.url, "tiny-merged")
-            over_grpc = np.frombuffer(reply.raw_output_contents[0], "<f4").reshape(3, -1)
-            np.testing.assert_allclose(http, _direct(model_dir, http_x), atol=1e-5)
-            np.testing.assert_allclose(over_grpc, _direct(model_dir, grpc_x), atol=1e-5)
-            assert after["inference_count"] - before["inference_count"] == 4096 + 5
-            ran = {b["batch_size"]: b["compute_infer"]["count"] for b in after["batch_stats"]}
-            was = {b["batch_size"]: b["compute_infer"]["count"] for b in before["batch_stats"]}
-            # the sizes of this round's batches, in images: the pair together is one of 5
-            rounds.append(max(n for n in ran if ran[n] > was.get(n, 0) and n < 4096))
-    assert rounds[-1] == 5, f"the pair's largest batch per round, in images: {rounds}"
+        loaders = [threading.Thread(target=load) for _ in range(2)]
+        for t in loaders:
+            t.start()
+        try:
+            while len(rounds) < 5 and {5} not in rounds:
+                time.sleep(0.3)
+                before = test_serve._stats(s.url, "tiny-merged")["batch_stats"]
+                http, reply = _together(
+                    lambda: test_serve._infer(s.url, "tiny-merged", http_x),
+                    lambda: stub.ModelInfer(_request(grpc_x)),
+                )
+                time.sleep(0.3)  # the pair's batches are counted once they have run
+                after = test_serve._stats(s.url, "tiny-merged")["batch_stats"]
+                over_grpc = np.frombuffer(reply.raw_output_contents[0], "<f4").reshape(3, -1)
+                np.testing.assert_allclose(http, _direct(model_dir, http_x), atol=1e-5)
+                np.testing.assert_allclose(over_grpc, _direct(model_dir, grpc_x), atol=1e-5)
+                was = {b["batch_size"]: b["compute_infer"]["count"] for b in before}
+                new = {
+                    b["batch_size"] % chunk
+                    for b in after
+                    if b["compute_infer"]["count"] > was.get(b["batch_size"], 0)
+                }
+                rounds.append(new - {0})  # the pair's share of the batches that ran meanwhile
+        finally:
+            stop.set()
+            for t in loaders:
+                t.join(60)
+    assert rounds[-1] == {5}, f"the pair's images per batch, each round: {rounds}"
 
 
 def test_load_client_over_grpc_reports_percentiles_throughput_and_the_server_split(server):
