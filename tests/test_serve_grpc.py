@@ -4,10 +4,12 @@ client over gRPC."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import threading
 import time
+from collections.abc import Iterator
 
 import grpc
 import numpy as np
@@ -311,11 +313,25 @@ def test_api_key_guards_every_rpc_but_health(model_dir):
         np.testing.assert_allclose(logits, _direct(model_dir, x), atol=1e-5)
 
 
-def _burst(stub: service_pb2_grpc.GRPCInferenceServiceStub, n: int = 8) -> None:
-    """`n` one-image requests at once: they share batches, after which the batcher waits (up
-    to its queue delay) for as many requests as its last batch held."""
-    for f in [stub.ModelInfer.future(_request(_batch(1, seed=i))) for i in range(n)]:
-        f.result()
+@contextlib.contextmanager
+def _busy(url: str, clients: int, chunk: int) -> Iterator[None]:
+    """`clients` HTTP clients, each sending `chunk` images again as soon as it has its answer:
+    the model computes batches of several requests all along, whatever this machine's speed."""
+    stop = threading.Event()
+
+    def load() -> None:
+        while not stop.is_set():
+            test_serve._infer(url, "tiny-merged", _batch(chunk))
+
+    loaders = [threading.Thread(target=load) for _ in range(clients)]
+    for t in loaders:
+        t.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        for t in loaders:
+            t.join(60)
 
 
 def test_http_and_grpc_requests_share_batches(model_dir):
@@ -330,16 +346,7 @@ def test_http_and_grpc_requests_share_batches(model_dir):
     rounds = []
     with ServerProcess([*args, "--grpc-port", "0"]) as s:
         stub = _stub(s.grpc_url)
-        stop = threading.Event()
-
-        def load() -> None:
-            while not stop.is_set():
-                test_serve._infer(s.url, "tiny-merged", _batch(chunk))
-
-        loaders = [threading.Thread(target=load) for _ in range(2)]
-        for t in loaders:
-            t.start()
-        try:
+        with _busy(s.url, 2, chunk):
             while len(rounds) < 5 and {5} not in rounds:
                 time.sleep(0.3)
                 before = test_serve._stats(s.url, "tiny-merged")["batch_stats"]
@@ -359,10 +366,6 @@ def test_http_and_grpc_requests_share_batches(model_dir):
                     if b["compute_infer"]["count"] > was.get(b["batch_size"], 0)
                 }
                 rounds.append(new - {0})  # the pair's share of the batches that ran meanwhile
-        finally:
-            stop.set()
-            for t in loaders:
-                t.join(60)
     assert rounds[-1] == {5}, f"the pair's images per batch, each round: {rounds}"
 
 
@@ -391,12 +394,15 @@ def test_load_client_over_grpc_reports_percentiles_throughput_and_the_server_spl
 
 def test_shutdown_drains_grpc_requests_in_flight(model_dir):
     args = ["--model", _onnx(model_dir), "--max-queue-delay-us", "1500000", "--threads", "1"]
-    server = ServerProcess([*args, "--grpc-port", "0"])
+    server = ServerProcess([*args, "--max-batch-size", "4096", "--grpc-port", "0"])
     x = _batch(2, seed=3)
     with server:
         stub = _stub(server.grpc_url)
         for _ in range(5):
-            _burst(stub)  # then a lone request waits out the long queue delay
+            # three clients in step leave batches of three requests, after which a lone
+            # request waits out the long queue delay for company
+            with _busy(server.url, 3, 1024):
+                time.sleep(0.5)
             pending = stub.ModelInfer.future(_request(x))
             time.sleep(0.5)
             if not pending.done():
