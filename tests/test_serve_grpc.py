@@ -4,12 +4,10 @@ client over gRPC."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import signal
 import threading
 import time
-from collections.abc import Iterator
 
 import grpc
 import numpy as np
@@ -313,27 +311,6 @@ def test_api_key_guards_every_rpc_but_health(model_dir):
         np.testing.assert_allclose(logits, _direct(model_dir, x), atol=1e-5)
 
 
-@contextlib.contextmanager
-def _busy(url: str, clients: int, chunk: int) -> Iterator[None]:
-    """`clients` HTTP clients, each sending `chunk` images again as soon as it has its answer:
-    the model computes batches of several requests all along, whatever this machine's speed."""
-    stop = threading.Event()
-
-    def load() -> None:
-        while not stop.is_set():
-            test_serve._infer(url, "tiny-merged", _batch(chunk))
-
-    loaders = [threading.Thread(target=load) for _ in range(clients)]
-    for t in loaders:
-        t.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        for t in loaders:
-            t.join(60)
-
-
 def test_http_and_grpc_requests_share_batches(model_dir):
     """One HTTP and one gRPC request sent together under load run in one batch: one batcher
     behind both transports. Two clients keep the model busy with batches of `chunk` images, so
@@ -346,7 +323,7 @@ def test_http_and_grpc_requests_share_batches(model_dir):
     rounds = []
     with ServerProcess([*args, "--grpc-port", "0"]) as s:
         stub = _stub(s.grpc_url)
-        with _busy(s.url, 2, chunk):
+        with test_serve.busy(s.url, 2, chunk):
             while len(rounds) < 5 and {5} not in rounds:
                 time.sleep(0.3)
                 before = test_serve._stats(s.url, "tiny-merged")["batch_stats"]
@@ -401,7 +378,7 @@ def test_shutdown_drains_grpc_requests_in_flight(model_dir):
         for _ in range(5):
             # three clients in step leave batches of three requests, after which a lone
             # request waits out the long queue delay for company
-            with _busy(server.url, 3, 1024):
+            with test_serve.busy(server.url, 3, 1024):
                 time.sleep(0.5)
             pending = stub.ModelInfer.future(_request(x))
             time.sleep(0.5)
