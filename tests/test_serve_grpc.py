@@ -367,6 +367,14 @@ def test_load_client_over_grpc_reports_percentiles_throughput_and_the_server_spl
         cfg.model_copy(update={"concurrency": [2], "binary": False, "max_windows": 3}),
     )
     assert typed[0]["encoding"] == "typed" and typed[0]["errors"] == 0
+    # a request the server refuses (a batch above its largest) is an error counted, not a crash
+    refused = bench.load(
+        server.grpc_url,
+        ["tiny-merged"],
+        cfg.model_copy(update={"concurrency": [2], "batch_size": MAX_BATCH + 1, "max_windows": 3}),
+    )
+    assert refused[0]["requests"] == 0 and refused[0]["errors"] > 10
+    assert refused[0]["windows"] == 3 and not refused[0]["stable"]
 
 
 def test_shutdown_drains_grpc_requests_in_flight(model_dir):
