@@ -227,15 +227,14 @@ async def _level(client: _Client, model: str, concurrency: int, cfg: LoadConfig)
     windows: list[_Window] = []
     current = _Window()
     stop = threading.Event()
-
-    errors = threading.Lock()  # blocking clients count from their own threads
+    counting = threading.Lock()  # blocking clients count their errors from their own threads
 
     def record(ok: bool, t0: float) -> None:
         w = current  # the window open when the reply came
         if ok:
             w.latencies.append(time.perf_counter() - t0)
         else:
-            with errors:
+            with counting:
                 w.errors += 1
 
     async def worker() -> None:

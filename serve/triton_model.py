@@ -1,9 +1,10 @@
 """The `model.py` of the Triton repository's `<model>-python` models: an exported ONNX graph on
 ONNX Runtime inside Triton's Python backend (this Triton has no onnxruntime backend).
 
-It runs in the backend's stub, not in this project's environment: it imports only numpy,
-onnxruntime and the backend's utilities, from the folders `TRITON_SITE_PACKAGES` names (set by
-serve/triton.py; unset where the interpreter already has them). Its config's parameters name
+It runs in the Python backend's own interpreter process, not in this project's environment:
+it imports only numpy, onnxruntime and the backend's utilities, from the folders
+`TRITON_SITE_PACKAGES` names (set by serve/triton.py; unset where the interpreter already has
+them). Its config's parameters name
 the graph in the version folder (`onnx_file`) and ONNX Runtime's intra-op threads
 (`intra_op_threads`); inter-op is 1 and execution sequential, as the project's own backend.
 """
