@@ -37,13 +37,16 @@ class Result:
     compute_seconds: float
 
 
-def _settle(future: asyncio.Future, result: Result | None, error: Exception | None) -> None:
-    if future.done():  # the client went away
-        return
-    if error is not None:
-        future.set_exception(error)
-    else:
-        future.set_result(result)
+def _settle(answers: list[tuple[asyncio.Future, Result | Exception]]) -> None:
+    """A batch's answers, set in one call of the event loop: one wake-up a batch, not one a
+    request."""
+    for future, answer in answers:
+        if future.done():  # the client went away
+            continue
+        if isinstance(answer, Exception):
+            future.set_exception(answer)
+        else:
+            future.set_result(answer)
 
 
 class DynamicBatcher:
@@ -138,14 +141,16 @@ class DynamicBatcher:
             try:
                 logits = self.backend.run(images)
             except Exception as e:  # the backend failed: each request hears why, the server lives
-                for p in live:
-                    self._loop.call_soon_threadsafe(_settle, p.future, None, e)
+                self._loop.call_soon_threadsafe(_settle, [(p.future, e) for p in live])
                 continue
             compute = time.perf_counter() - start
             self.stats.batch(len(images), len(live), compute)
+            answers: list[tuple[asyncio.Future, Result | Exception]] = []
             offset = 0
             for p in live:
                 n = len(p.images)
-                result = Result(logits[offset : offset + n], start - p.enqueued, compute)
-                self._loop.call_soon_threadsafe(_settle, p.future, result, None)
+                answers.append(
+                    (p.future, Result(logits[offset : offset + n], start - p.enqueued, compute))
+                )
                 offset += n
+            self._loop.call_soon_threadsafe(_settle, answers)

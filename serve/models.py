@@ -129,7 +129,7 @@ def load(
                 f"{path}: a folder without a manifest; give the exported file, or the folder "
                 "the export stage wrote (models/onnx/<model>)"
             )
-        backend = open_backend(kind, path, threads)
+        backend = open_backend(kind, path, threads, spin=False)  # the event loop needs a core
         if not info and path.suffix == ".onnx":
             info = read_preprocessing(path)
     classes = info.get(CLASSES, [])

@@ -325,12 +325,13 @@ def create_app(dataplane: Dataplane) -> web.Application:
         ("GET", "/v2/models/stats", _model_stats, "stats"),
         ("GET", "/metrics", _metrics, "metrics"),
     ]
+    # infer first: aiohttp tries the routes under one prefix in the order they were added
     for suffix, handler, name, method in [
+        ("/infer", _infer, "infer", "POST"),
         ("", _model_metadata, "metadata", "GET"),
         ("/ready", _model_ready, "model_ready", "GET"),
         ("/config", _model_config, "config", "GET"),
         ("/stats", _model_stats, "model_stats", "GET"),
-        ("/infer", _infer, "infer", "POST"),
         ("/classify", _classify, "classify", "POST"),
     ]:
         routes.append((method, model + suffix, handler, name))

@@ -6,7 +6,8 @@ it imports only numpy, onnxruntime and the backend's utilities, from the folders
 `TRITON_SITE_PACKAGES` names (set by serve/triton.py; unset where the interpreter already has
 them). Its config's parameters name
 the graph in the version folder (`onnx_file`) and ONNX Runtime's intra-op threads
-(`intra_op_threads`); inter-op is 1 and execution sequential, as the project's own backend.
+(`intra_op_threads`); inter-op is 1, execution sequential and the intra-op threads do not spin
+between runs, as in the project's own server.
 """
 
 import json
@@ -29,6 +30,7 @@ class TritonPythonModel:
         options.intra_op_num_threads = int(parameters["intra_op_threads"])
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         graph = Path(args["model_repository"]) / args["model_version"] / parameters["onnx_file"]
         self.session = ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
         self.input = config["input"][0]["name"]

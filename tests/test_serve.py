@@ -29,6 +29,7 @@ from pipeline.data import MEAN, STD, to_tensor
 from pipeline.export import export_onnx, tensorrt
 from pipeline.export.metadata import preprocessing
 from pipeline.export.openvino import quantize_openvino, to_openvino
+from pipeline.export.triton import PYTHON_MODEL
 from pipeline.manifest import KINDS, Manifest
 from pipeline.runtime import openvino
 from pipeline.runtime.open import open_backend
@@ -155,6 +156,22 @@ def test_model_names_follow_the_variant(tmp_path, model_dir):
         load_all(same, "onnxruntime")
     with pytest.raises(PipelineError, match="no such model"):
         load_all([str(tmp_path / "none.onnx")], "onnxruntime")
+
+
+def test_served_onnx_runtime_threads_sleep_between_runs_as_in_the_triton_model(model_dir):
+    """A server's event loop shares the cores: its sessions do not spin, the benchmark's
+    in-process ones do, and the Triton yardstick's model is configured as the server is."""
+    spinning = "session.intra_op.allow_spinning"
+    folder = model_dir / "tiny-merged"
+    (served,) = load_all([str(folder)], "onnxruntime", threads=1).values()
+    options = served.backend.session.get_session_options()
+    assert options.get_session_config_entry(spinning) == "0"
+    direct = open_backend("onnxruntime", folder / KINDS["onnxruntime"].file, threads=1)
+    with pytest.raises(RuntimeError, match="does not have configuration"):  # the default: spin
+        direct.session.get_session_options().get_session_config_entry(spinning)
+    x = _batch(3)
+    np.testing.assert_allclose(served.backend.run(x), direct.run(x), atol=1e-6)
+    assert f'add_session_config_entry("{spinning}", "0")' in PYTHON_MODEL.read_text()
 
 
 def test_binary_outputs_follow_the_request_default_unless_an_output_says():

@@ -9,9 +9,12 @@ from pipeline.manifest import KINDS
 from pipeline.runtime.base import Backend
 
 
-def open_backend(name: str, path: str | Path, threads: int | None = None) -> Backend:
+def open_backend(
+    name: str, path: str | Path, threads: int | None = None, spin: bool = True
+) -> Backend:
     """The backend for an exported file; `name` is an artefact of `manifest.KINDS` (the label
-    its benchmark rows carry) or a runtime (onnxruntime, openvino, tensorrt)."""
+    its benchmark rows carry) or a runtime (onnxruntime, openvino, tensorrt). `spin` false:
+    ONNX Runtime's threads sleep between runs (for a server, `OnnxRuntimeBackend`)."""
     runtime = KINDS[name].runtime if name in KINDS else name
     if runtime == "tensorrt":
         from pipeline.runtime.tensorrt import TensorRTBackend
@@ -20,7 +23,7 @@ def open_backend(name: str, path: str | Path, threads: int | None = None) -> Bac
     if runtime == "onnxruntime":
         from pipeline.runtime.ort import OnnxRuntimeBackend
 
-        return OnnxRuntimeBackend(path, threads, name=name)
+        return OnnxRuntimeBackend(path, threads, name=name, spin=spin)
     if runtime == "openvino":
         from pipeline.runtime.openvino import OpenVinoBackend
 
