@@ -105,11 +105,16 @@ class _HttpClient:
         self.requests[model] = encode_infer_request(tensor["name"], x, cfg.binary, out)
 
     async def infer(self, model: str) -> bool:
+        """Whether the server answered; refused, dropped or timed out is an error to count, not
+        a crash."""
         body, headers = self.requests[model]
         path = f"{self.url}/v2/models/{model}/infer"
-        async with self.session.post(path, data=body, headers=headers) as r:
-            await r.read()
-            return r.status == 200
+        try:
+            async with self.session.post(path, data=body, headers=headers) as r:
+                await r.read()
+                return r.status == 200
+        except Exception:
+            return False
 
     async def stats(self, model: str) -> dict:
         return (await self.get_json(f"/v2/models/{model}/stats"))["model_stats"][0]
@@ -173,7 +178,11 @@ class _GrpcClient:
         self.requests[model] = request.SerializeToString()
 
     def infer_blocking(self, model: str) -> bool:
-        self.model_infer(self.requests[model], **self.call)
+        """Whether the server answered; any failed call (`grpc.RpcError`) counts as an error."""
+        try:
+            self.model_infer(self.requests[model], **self.call)
+        except Exception:
+            return False
         return True
 
     async def stats(self, model: str) -> dict:
@@ -229,34 +238,27 @@ async def _level(client: _Client, model: str, concurrency: int, cfg: LoadConfig)
     stop = threading.Event()
     counting = threading.Lock()  # blocking clients count their errors from their own threads
 
-    def record(ok: bool, t0: float) -> None:
-        w = current  # the window open when the reply came
+    def record(ok: bool, t0: float) -> bool:
+        """The request sent at `t0`, counted in the window open when its reply came; `ok`: a
+        worker backs off 1 ms after a failure, so that a refusing server is no spin."""
+        w = current
         if ok:
             w.latencies.append(time.perf_counter() - t0)
         else:
             with counting:
                 w.errors += 1
+        return ok
 
     async def worker() -> None:
         while not stop.is_set():
             t0 = time.perf_counter()
-            try:
-                ok = await client.infer(model)
-            except Exception:  # refused, dropped or timed out: an error to count, not a crash
-                ok = False
-            record(ok, t0)
-            if not ok:
-                await asyncio.sleep(0.001)  # a refusing server must not turn this into a spin
+            if not record(await client.infer(model), t0):
+                await asyncio.sleep(0.001)
 
     def blocking_worker() -> None:
         while not stop.is_set():
             t0 = time.perf_counter()
-            try:
-                ok = client.infer_blocking(model)
-            except Exception:
-                ok = False
-            record(ok, t0)
-            if not ok:
+            if not record(client.infer_blocking(model), t0):
                 time.sleep(0.001)
 
     async def snapshot(w: _Window) -> None:

@@ -24,7 +24,7 @@ import signal
 import socket
 import time
 from http import HTTPStatus
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from aiohttp import web
 
@@ -102,7 +102,7 @@ class Connection(web.RequestHandler):
         # counted here, not when the protocol is made: asyncio makes a burst of them first
         if len(self.manager.connections) >= self.cap:
             over_cap("refused a connection over the limit of %d (--max-connections)", self.cap)
-            assert isinstance(transport, asyncio.Transport)
+            transport = cast(asyncio.Transport, transport)  # uvloop's is one, unregistered
             message = f"the server holds its limit of {self.cap} connections (--max-connections)"
             transport.write(raw_error(503, f"{message}; retry later"))
             transport.close()

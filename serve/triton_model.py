@@ -4,10 +4,9 @@ ONNX Runtime inside Triton's Python backend (this Triton has no onnxruntime back
 It runs in the Python backend's own interpreter process, not in this project's environment:
 it imports only numpy, onnxruntime and the backend's utilities, from the folders
 `TRITON_SITE_PACKAGES` names (set by serve/triton.py; unset where the interpreter already has
-them). Its config's parameters name
-the graph in the version folder (`onnx_file`) and ONNX Runtime's intra-op threads
-(`intra_op_threads`); inter-op is 1, execution sequential and the intra-op threads do not spin
-between runs, as in the project's own server.
+them). Its config's parameters name the graph in the version folder (`onnx_file`) and ONNX
+Runtime's intra-op threads (`intra_op_threads`); inter-op is 1, execution sequential and the
+intra-op threads do not spin between runs, as in the project's own server.
 """
 
 import json

@@ -3,6 +3,7 @@ torch backends) and the load client that measures it."""
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import contextlib
 import importlib.util
@@ -37,6 +38,7 @@ from pipeline.runtime import openvino
 from pipeline.runtime.open import open_backend
 from pipeline.runtime.ort import OnnxRuntimeBackend
 from pipeline.runtime.pytorch import TorchBackend
+from serve import __main__ as serve_main
 from serve import bench
 from serve.launch import ServerProcess
 from serve.models import load_all, split_spec
@@ -199,6 +201,23 @@ def test_served_onnx_runtime_threads_sleep_between_runs_as_in_the_triton_model(
         }
     )
     assert triton.session.get_session_options().get_session_config_entry(spinning) == "0"
+
+
+def test_the_server_runs_on_uvloop_with_a_short_switch_interval():
+    """libuv's loop holds the GIL through its socket calls: the batcher's threads must get it
+    within the shorter interval."""
+
+    async def probe() -> tuple[str, float]:
+        return type(asyncio.get_running_loop()).__module__, sys.getswitchinterval()
+
+    before = sys.getswitchinterval()
+    try:
+        loop, interval = serve_main.run(probe())
+    finally:
+        sys.setswitchinterval(before)
+    assert loop.startswith("uvloop"), loop
+    assert interval == pytest.approx(serve_main.SWITCH_INTERVAL_S)
+    assert interval < before
 
 
 def test_binary_outputs_follow_the_request_default_unless_an_output_says():
@@ -805,23 +824,34 @@ def test_shutdown_drains_requests_in_flight(model_dir):
     onnx = str(model_dir / "tiny-merged" / KINDS["onnxruntime"].file)
     args = ["--model", onnx, "--max-queue-delay-us", "1500000", "--threads", "1"]
     server = ServerProcess([*args, "--max-batch-size", "4096"])
-    x = _batch(2, seed=3)
-    with server, concurrent.futures.ThreadPoolExecutor(1) as client:
-        for _ in range(5):
-            # three clients in step leave batches of three requests, after which a lone
-            # request waits out the long queue delay for company
-            with busy(server.url, 3, 1024):
-                time.sleep(0.5)
-            pending = client.submit(_infer, server.url, "tiny-merged", x)
-            time.sleep(0.5)
-            if not pending.done():
-                break
-        assert not pending.done(), "no request stayed in flight: the test measures nothing"
+    x = _batch(1024, seed=3)
+    stop = threading.Event()
+
+    def client() -> np.ndarray:
+        while True:
+            logits = _infer(server.url, "tiny-merged", x)
+            if stop.is_set():
+                return logits
+
+    with server, concurrent.futures.ThreadPoolExecutor(4) as pool:
+        # three clients keep batches of several requests forming; once they stop, a request
+        # without company waits out the long queue delay: their last one when it was left
+        # alone, else a lone request sent after their last ones ran together
+        clients = [pool.submit(client) for _ in range(3)]
+        time.sleep(0.5)
+        stop.set()
+        _, waiting = concurrent.futures.wait(clients, timeout=0.5)
+        if not waiting:
+            waiting = {pool.submit(_infer, server.url, "tiny-merged", x)}
+            time.sleep(0.3)
+        assert not any(f.done() for f in waiting), "nothing in flight: the test measures nothing"
         assert server.process is not None
         server.process.send_signal(signal.SIGTERM)
-        logits = pending.result(timeout=60)
+        answers = [f.result(timeout=60) for f in [*clients, *waiting]]
         assert server.process.wait(60) == 0
-    np.testing.assert_allclose(logits, _direct(model_dir, x), atol=1e-5)
+    expected = _direct(model_dir, x)
+    for logits in answers:
+        np.testing.assert_allclose(logits, expected, atol=1e-5)
     with pytest.raises(urllib.error.URLError):
         urllib.request.urlopen(f"{server.url}/v2/health/live", timeout=5)
 
