@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import functools
 import importlib.util
 import io
 import json
@@ -19,8 +20,9 @@ import types
 import urllib.error
 import urllib.request
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import pytest
@@ -51,6 +53,7 @@ from serve.protocol import (
 from tests.conftest import TINY
 
 CLASSES = ["ant", "bee", "cat", "dog", "eel"]
+T = TypeVar("T")
 SHAPE = (3, 16, 16)
 MAX_BATCH = 8
 PAYLOAD_LIMIT = 200_000
@@ -587,17 +590,22 @@ def _stats(url: str, model: str) -> dict:
     return json.loads(_http(f"{url}/v2/models/{model}/stats")[2])["model_stats"][0]
 
 
+def _resend(send: Callable[[], T], stop: threading.Event) -> T:
+    """`send()` again as soon as it has its answer, until `stop` is set; the last answer."""
+    while True:
+        answer = send()
+        if stop.is_set():
+            return answer
+
+
 @contextlib.contextmanager
 def busy(url: str, clients: int, chunk: int) -> Iterator[None]:
     """`clients` HTTP clients, each sending `chunk` images again as soon as it has its answer:
     the model computes batches of several requests all along, whatever this machine's speed."""
     stop = threading.Event()
-
-    def load() -> None:
-        while not stop.is_set():
-            _infer(url, "tiny-merged", _batch(chunk))
-
-    loaders = [threading.Thread(target=load) for _ in range(clients)]
+    x = _batch(chunk)
+    send = functools.partial(_infer, url, "tiny-merged", x)
+    loaders = [threading.Thread(target=_resend, args=(send, stop)) for _ in range(clients)]
     for t in loaders:
         t.start()
     try:
@@ -606,6 +614,25 @@ def busy(url: str, clients: int, chunk: int) -> Iterator[None]:
         stop.set()
         for t in loaders:
             t.join(60)
+
+
+def in_flight(
+    pool: concurrent.futures.Executor, send: Callable[[], T]
+) -> tuple[list[concurrent.futures.Future[T]], set[concurrent.futures.Future[T]]]:
+    """On a server with a long queue delay: three clients of `send` keep batches of several
+    requests forming; once they stop, a request without company waits out the delay: their
+    last one when it was left alone, else a lone one sent after their last ones ran together.
+    The clients' futures, and the waiting ones (none done yet)."""
+    stop = threading.Event()
+    clients = [pool.submit(_resend, send, stop) for _ in range(3)]
+    time.sleep(0.5)
+    stop.set()
+    _, waiting = concurrent.futures.wait(clients, timeout=0.5)
+    if not waiting:
+        waiting = {pool.submit(send)}
+        time.sleep(0.3)
+    assert not any(f.done() for f in waiting), "nothing in flight: the test measures nothing"
+    return clients, waiting
 
 
 def _batches(url: str) -> dict[int, int]:
@@ -825,26 +852,8 @@ def test_shutdown_drains_requests_in_flight(model_dir):
     args = ["--model", onnx, "--max-queue-delay-us", "1500000", "--threads", "1"]
     server = ServerProcess([*args, "--max-batch-size", "4096"])
     x = _batch(1024, seed=3)
-    stop = threading.Event()
-
-    def client() -> np.ndarray:
-        while True:
-            logits = _infer(server.url, "tiny-merged", x)
-            if stop.is_set():
-                return logits
-
     with server, concurrent.futures.ThreadPoolExecutor(4) as pool:
-        # three clients keep batches of several requests forming; once they stop, a request
-        # without company waits out the long queue delay: their last one when it was left
-        # alone, else a lone request sent after their last ones ran together
-        clients = [pool.submit(client) for _ in range(3)]
-        time.sleep(0.5)
-        stop.set()
-        _, waiting = concurrent.futures.wait(clients, timeout=0.5)
-        if not waiting:
-            waiting = {pool.submit(_infer, server.url, "tiny-merged", x)}
-            time.sleep(0.3)
-        assert not any(f.done() for f in waiting), "nothing in flight: the test measures nothing"
+        clients, waiting = in_flight(pool, functools.partial(_infer, server.url, "tiny-merged", x))
         assert server.process is not None
         server.process.send_signal(signal.SIGTERM)
         answers = [f.result(timeout=60) for f in [*clients, *waiting]]

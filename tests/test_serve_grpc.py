@@ -4,6 +4,7 @@ client over gRPC."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import signal
 import threading
@@ -380,24 +381,19 @@ def test_load_client_over_grpc_reports_percentiles_throughput_and_the_server_spl
 def test_shutdown_drains_grpc_requests_in_flight(model_dir):
     args = ["--model", _onnx(model_dir), "--max-queue-delay-us", "1500000", "--threads", "1"]
     server = ServerProcess([*args, "--max-batch-size", "4096", "--grpc-port", "0"])
-    x = _batch(2, seed=3)
-    with server:
+    x = _batch(1024, seed=3)
+    with server, concurrent.futures.ThreadPoolExecutor(4) as pool:
         stub = _stub(server.grpc_url)
-        for _ in range(5):
-            # three clients in step leave batches of three requests, after which a lone
-            # request waits out the long queue delay for company
-            with test_serve.busy(server.url, 3, 1024):
-                time.sleep(0.5)
-            pending = stub.ModelInfer.future(_request(x))
-            time.sleep(0.5)
-            if not pending.done():
-                break
-        assert not pending.done(), "no request stayed in flight: the test measures nothing"
+        clients, waiting = test_serve.in_flight(
+            pool, lambda: _logits(stub.ModelInfer(_request(x), timeout=60))
+        )
         assert server.process is not None
         server.process.send_signal(signal.SIGTERM)
-        logits = _logits(pending.result(timeout=60))
+        answers = [f.result(timeout=60) for f in [*clients, *waiting]]
         assert server.process.wait(60) == 0
-    np.testing.assert_allclose(logits, _direct(model_dir, x), atol=1e-5)
+    expected = _direct(model_dir, x)
+    for logits in answers:
+        np.testing.assert_allclose(logits, expected, atol=1e-5)
     code, _ = _refusal(
         lambda: _stub(server.grpc_url).ServerLive(service_pb2.ServerLiveRequest(), timeout=5)
     )
