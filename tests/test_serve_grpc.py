@@ -378,6 +378,21 @@ def test_load_client_over_grpc_reports_percentiles_throughput_and_the_server_spl
     assert refused[0]["windows"] == 3 and not refused[0]["stable"]
 
 
+def test_load_over_grpc_ends_with_the_error_when_its_server_dies(model_dir):
+    """Each client is a chain of callbacks, not a thread: a server killed mid-load fails the
+    level's next statistics read, and every chain still ends (no call is left to hang on)."""
+    cfg = LoadConfig(concurrency=[4], window_ms=200, duration_s=30, warmup_s=0.2, protocol="grpc")
+    server = ServerProcess(["--model", _onnx(model_dir), "--threads", "1", "--grpc-port", "0"])
+    with server:
+        assert server.process is not None
+        threading.Timer(1.0, server.process.kill).start()
+        start = time.monotonic()
+        with pytest.raises(grpc.RpcError) as failed:
+            bench.load(server.grpc_url, ["tiny-merged"], cfg)
+    assert failed.value.code() is grpc.StatusCode.UNAVAILABLE
+    assert time.monotonic() - start < 15, "the load outlived its server by its whole soak"
+
+
 def test_shutdown_drains_grpc_requests_in_flight(model_dir):
     args = ["--model", _onnx(model_dir), "--max-queue-delay-us", "1500000", "--threads", "1"]
     server = ServerProcess([*args, "--max-batch-size", "4096", "--grpc-port", "0"])
