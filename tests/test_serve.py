@@ -7,6 +7,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import functools
+import gc
 import importlib.util
 import io
 import json
@@ -218,9 +219,25 @@ def test_the_server_runs_on_uvloop_with_a_short_switch_interval():
         loop, interval = serve_main.run(probe())
     finally:
         sys.setswitchinterval(before)
+        gc.unfreeze()
     assert loop.startswith("uvloop"), loop
     assert interval == pytest.approx(serve_main.SWITCH_INTERVAL_S)
     assert interval < before
+
+
+def test_the_server_freezes_what_it_built_before_serving_out_of_the_collectors_passes():
+    async def probe() -> tuple[int, int]:
+        frozen = gc.get_freeze_count()
+        gc.collect()  # a full pass now walks only what was made after the freeze
+        return frozen, sum(len(gc.get_objects(g)) for g in range(3))
+
+    before = sys.getswitchinterval()
+    try:
+        frozen, tracked = serve_main.run(probe())
+    finally:
+        sys.setswitchinterval(before)
+        gc.unfreeze()
+    assert frozen > 10 * tracked, (frozen, tracked)
 
 
 def test_binary_outputs_follow_the_request_default_unless_an_output_says():
