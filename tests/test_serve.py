@@ -21,9 +21,9 @@ import types
 import urllib.error
 import urllib.request
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 import pytest
@@ -207,6 +207,17 @@ def test_served_onnx_runtime_threads_sleep_between_runs_as_in_the_triton_model(
     assert triton.session.get_session_options().get_session_config_entry(spinning) == "0"
 
 
+def _in_the_servers_loop(probe: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """`probe()` run as the server runs its main coroutine; this process's switch interval and
+    collector are put back after."""
+    before = sys.getswitchinterval()
+    try:
+        return serve_main.run(probe())
+    finally:
+        sys.setswitchinterval(before)
+        gc.unfreeze()
+
+
 def test_the_server_runs_on_uvloop_with_a_short_switch_interval():
     """libuv's loop holds the GIL through its socket calls: the batcher's threads must get it
     within the shorter interval."""
@@ -214,15 +225,10 @@ def test_the_server_runs_on_uvloop_with_a_short_switch_interval():
     async def probe() -> tuple[str, float]:
         return type(asyncio.get_running_loop()).__module__, sys.getswitchinterval()
 
-    before = sys.getswitchinterval()
-    try:
-        loop, interval = serve_main.run(probe())
-    finally:
-        sys.setswitchinterval(before)
-        gc.unfreeze()
+    loop, interval = _in_the_servers_loop(probe)
     assert loop.startswith("uvloop"), loop
     assert interval == pytest.approx(serve_main.SWITCH_INTERVAL_S)
-    assert interval < before
+    assert interval < sys.getswitchinterval()
 
 
 def test_the_server_freezes_what_it_built_before_serving_out_of_the_collectors_passes():
@@ -231,12 +237,7 @@ def test_the_server_freezes_what_it_built_before_serving_out_of_the_collectors_p
         gc.collect()  # a full pass now walks only what was made after the freeze
         return frozen, sum(len(gc.get_objects(g)) for g in range(3))
 
-    before = sys.getswitchinterval()
-    try:
-        frozen, tracked = serve_main.run(probe())
-    finally:
-        sys.setswitchinterval(before)
-        gc.unfreeze()
+    frozen, tracked = _in_the_servers_loop(probe)
     assert frozen > 10 * tracked, (frozen, tracked)
 
 
