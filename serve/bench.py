@@ -34,8 +34,8 @@ DEFAULT_URLS = {"http": "http://127.0.0.1:8000", "grpc": "127.0.0.1:8001"}
 # how tensors travel, by protocol and LoadConfig.binary
 ENCODINGS = {"http": {True: "binary", False: "json"}, "grpc": {True: "raw", False: "typed"}}
 BACKOFF_S = 0.001  # a client's pause after a failed request
-# counts a reply: (whether it succeeded, when its request was sent) -> whether it succeeded
-Record = Callable[[bool, float], bool]
+# counts a reply: whether it succeeded, and when its request was sent
+Record = Callable[[bool, float], None]
 
 
 @dataclass
@@ -125,7 +125,9 @@ class _HttpClient:
         async def client() -> None:
             while not stop.is_set():
                 t0 = time.perf_counter()
-                if not record(await self.infer(model), t0):
+                ok = await self.infer(model)
+                record(ok, t0)
+                if not ok:  # a refusing server is no spin
                     await asyncio.sleep(BACKOFF_S)
 
         return [asyncio.create_task(client()) for _ in range(concurrency)]
@@ -215,12 +217,12 @@ class _GrpcClient:
                 )
 
             def replied(ok: bool, t0: float) -> None:
+                record(ok, t0)
                 if stop.is_set():
-                    record(ok, t0)
                     loop.call_soon_threadsafe(finished.set_result, None)
-                elif record(ok, t0):
+                elif ok:
                     send()
-                else:
+                else:  # a refusing server is no spin
                     threading.Timer(BACKOFF_S, send).start()
 
             send()
@@ -281,16 +283,14 @@ async def _level(client: _Client, model: str, concurrency: int, cfg: LoadConfig)
     stop = threading.Event()
     counting = threading.Lock()  # the gRPC load counts from grpcio's threads
 
-    def record(ok: bool, t0: float) -> bool:
-        """The request sent at `t0`, counted in the window open when its reply came; `ok`: a
-        client backs off `BACKOFF_S` after a failure, so that a refusing server is no spin."""
+    def record(ok: bool, t0: float) -> None:
+        """The request sent at `t0`, counted in the window open when its reply came."""
         w = current
         if ok:
             w.latencies.append(time.perf_counter() - t0)
         else:
             with counting:
                 w.errors += 1
-        return ok
 
     async def snapshot(w: _Window) -> None:
         w.stats = await client.stats(model)
