@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import math
 
 import numpy as np
@@ -234,3 +235,18 @@ def test_drivers_end_in_a_mergeable_student(tiny_project, glyph_data, name):
         assert teacher.embed_dim == 32 and tmeta["variant"] == "teacher-lora-idat"
     if variant.distill == "wecolora":  # half the teacher's depth
         assert len(model.blocks) == 2 and meta["kept_blocks"] == [0, 2]
+        # matching features has a loss but no top-1: none is made up (a NaN is not JSON)
+        strict = json.loads((variant.folder / paths.ADAPTER_META).read_text(), parse_constant=bad)
+        rows = strict["distill_history"]
+        if variant.method == "linear":  # the weight copy alone: nothing was distilled
+            assert rows == []
+        else:
+            assert len(rows) == 2 and all("val_top1" not in r for r in rows)
+            assert all(math.isfinite(r["val_loss"]) for r in rows)
+            curves = paths.LIVE / "distill" / name / "plots" / "metrics"
+            assert (curves / "val" / "loss.tsv").is_file()
+            assert not (curves / "val" / "top1.tsv").exists()
+
+
+def bad(constant: str) -> None:
+    raise AssertionError(f"{constant} in a JSON file")

@@ -174,7 +174,7 @@ def fit(
     loss_fn: LossFn = cross_entropy,
     fingerprint: dict[str, Any] | None = None,
     on_epoch_end: Callable[[int], None] | None = None,
-    evaluate_fn: Callable[[nn.Module], tuple[float, float]] | None = None,
+    evaluate_fn: Callable[[nn.Module], tuple[float, float | None]] | None = None,
 ) -> list[dict[str, float]]:
     """Train the parameters of `model` that require grad; return the per-epoch history.
 
@@ -182,6 +182,7 @@ def fit(
     completes; a later call for the same run resumes from it (a damaged one is set aside), and
     a second call on the same folder while this one runs is refused. `evaluate_fn(model)` gives
     the per-epoch (val loss, val top-1); by default cross-entropy and top-1 of the logits on `val`.
+    A top-1 of None (a loss without labels) leaves `val_top1` out of the history and the logs.
 
     Under torchrun each process trains on its slice of every batch of `cfg.batch_size` (the
     global batch) and ends with the same weights; only rank 0 prints, logs and checkpoints.
@@ -259,18 +260,16 @@ def fit(
                     seen += count
                     bar.set_postfix(loss=f"{running / seen:.4f}", lr=f"{lr:.2e}")
                 val_loss, val_top1 = (evaluate_fn or (lambda m: evaluate(m, val)))(model)
-                row = {
-                    "epoch": epoch + 1,
-                    "train_loss": running / seen,
-                    "val_loss": val_loss,
-                    "val_top1": val_top1,
-                    "lr": lr,
-                }
+                row = {"epoch": epoch + 1, "train_loss": running / seen, "val_loss": val_loss}
+                if val_top1 is not None:
+                    row["val_top1"] = val_top1
+                row["lr"] = lr
                 history.append(row)
                 if main:
+                    top1 = f" val top-1 {val_top1:.2f}%" if val_top1 is not None else ""
                     tqdm.write(
                         f"{desc} epoch {epoch + 1}/{cfg.epochs}: loss {row['train_loss']:.4f} "
-                        f"val loss {val_loss:.4f} val top-1 {val_top1:.2f}%"
+                        f"val loss {val_loss:.4f}{top1}"
                     )
                     if live:
                         _log(live, row)
@@ -291,5 +290,6 @@ def fit(
 
 def _log(live: Any, row: dict[str, float]) -> None:
     for name in ("train_loss", "val_loss", "val_top1", "lr"):
-        live.log_metric(name.replace("_", "/", 1) if name != "lr" else "lr", row[name])
+        if name in row:  # a run without labels (a feature distillation) has no top-1
+            live.log_metric(name.replace("_", "/", 1) if name != "lr" else "lr", row[name])
     live.next_step()
