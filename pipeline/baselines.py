@@ -3,10 +3,13 @@
 Every run records them beside the adapted ViTs, so a reader sees at once whether adaptation
 beats a linear model on pixels. Each image is averaged down to `size` x `size` pixels per
 channel (the embedded digits' own 8 x 8) and scaled to [0, 1]. Each model is fitted on the train
-split for every C of the grid; the C with the best val top-1 is the one whose test top-1 counts.
+split for every C of the grid; the C with the best val top-1 is the one whose test top-1 counts
+(`pipeline.selection`).
 """
 
 from __future__ import annotations
+
+from functools import partial
 
 import numpy as np
 import torch
@@ -15,6 +18,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.svm import SVC
 
 from pipeline.data import ImageSet
+from pipeline.selection import fit_by_val
 
 
 def pixels(data: ImageSet, size: int) -> np.ndarray:
@@ -36,13 +40,16 @@ def pixel_baselines(
     x_train, x_val, x_test = (pixels(d, size) for d in (train, val, test))
     out = {}
     for kind in ("logreg", "svc"):
-        fits = [_model(kind, c).fit(x_train, train.labels) for c in c_grid]
-        scores = [100.0 * float(np.mean(m.predict(x_val) == val.labels)) for m in fits]
-        best = int(np.argmax(scores))  # the first C of the grid on a tie
+        model, c, scores = fit_by_val(
+            partial(_model, kind),
+            c_grid,
+            (x_train, train.labels),
+            (x_val, val.labels),
+        )
         out[f"pixels-{kind}"] = {
-            "top1": 100.0 * float(np.mean(fits[best].predict(x_test) == test.labels)),
-            "val_top1": scores[best],
-            "C": c_grid[best],
+            "top1": 100.0 * float(np.mean(model.predict(x_test) == test.labels)),
+            "val_top1": scores[c],
+            "C": c,
             "features": f"{size}x{size}x3 pixels",
         }
     return out

@@ -13,6 +13,7 @@ from pipeline.config import Params, TrainConfig
 from pipeline.data import ImageSet
 from pipeline.io import digest
 from pipeline.train import fit, is_main
+from pipeline.train.probe import fit_probe
 from pipeline.variants import Variant
 
 
@@ -53,20 +54,24 @@ def fingerprint(name: str, model: VisionTransformer, *inputs: Path, **extra: Any
 def train_variant(
     params: Params, variant: Variant, train: ImageSet, val: ImageSet
 ) -> tuple[VisionTransformer, list[dict]]:
-    """Train a variant alone (cross-entropy, its method's recipe) and save it (from rank 0
-    under torchrun) where the downstream stages look for it."""
+    """Train a variant alone (cross-entropy, its method's recipe; a linear probe is fitted by
+    `fit_probe`) and save it (from rank 0 under torchrun) where the downstream stages look."""
     backbone = paths.BACKBONES / variant.role
     model = adapted(params, backbone, variant.method, len(train.classes))
-    history = fit(
-        model,
-        train,
-        val,
-        recipe(params, variant.method),
-        seed=params.seed,
-        desc=variant.name,
-        **run_dirs("train", variant.name),
-        fingerprint=fingerprint(variant.name, model, backbone),
-    )
+    dirs = run_dirs("train", variant.name)
+    if variant.method == "linear":
+        history = fit_probe(model, train, val, params.train.probe_c_grid, dirs["live_dir"])
+    else:
+        history = fit(
+            model,
+            train,
+            val,
+            recipe(params, variant.method),
+            seed=params.seed,
+            desc=variant.name,
+            **dirs,
+            fingerprint=fingerprint(variant.name, model, backbone),
+        )
     if is_main():
         save_variant(
             variant.folder,

@@ -220,7 +220,9 @@ def test_drivers_end_in_a_mergeable_student(tiny_project, glyph_data, name):
     history = {"idat": idat.run, "wecolora": wecolora.run, "kd": kd.run}[variant.distill](
         params, variant, glyph_data, glyph_data
     )
-    assert len(history) == 2 and math.isfinite(history[-1]["val_top1"])
+    assert math.isfinite(history[-1]["val_top1"])
+    # epochs of the training loop, or one row for WeCoLoRA's probe: fitted, not stepped
+    assert len(history) == (1 if variant.distill == "wecolora" else 2)
     model, meta = load_variant(variant.folder)
     assert meta["distillation"] == variant.distill
     x = to_tensor(glyph_data.images[:6])

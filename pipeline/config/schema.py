@@ -128,7 +128,7 @@ class TrainConfig(Section):
     epochs: Annotated[int, _positive] = 10
     batch_size: Annotated[int, _positive] = 64
     lr: Annotated[Float, _positive] = 1e-2
-    # Per-method learning rates where one recipe does not fit all (a linear probe wants more).
+    # Per-method learning rates where one recipe does not fit all.
     method_lr: dict[str, Float] = {}
     weight_decay: Annotated[Float, _non_negative] = 0.0
     warmup_epochs: Annotated[Float, _non_negative] = 1.0
@@ -139,6 +139,8 @@ class TrainConfig(Section):
     num_workers: Annotated[int, _non_negative] = 0
     # processes per training stage (one per GPU; gloo on CPU), started by pipeline.launch
     nproc: Annotated[int, _positive] = 1
+    # the linear probe's L2 strengths (logistic regression's C), one chosen on val
+    probe_c_grid: Annotated[list[Float], _non_empty_positive] = [0.01, 0.1, 1.0, 10.0, 100.0]
 
 
 class IdatConfig(Section):

@@ -22,9 +22,10 @@ from pipeline.artifacts import save_variant
 from pipeline.config import Params, override
 from pipeline.data import ImageSet, loader
 from pipeline.distill.losses import channel_kl, l1_features
-from pipeline.io import read_json, tensor_digest
+from pipeline.io import read_json
 from pipeline.train import fit, is_main, pick_device
 from pipeline.train.loop import LossFn
+from pipeline.train.probe import fit_probe
 from pipeline.variants import Variant
 
 
@@ -149,23 +150,8 @@ def distilled(
         )
     # the task head: a linear probe on the CLS token of the distilled, now frozen, student
     student.reset_classifier(len(train.classes))
-    student.requires_grad_(False).get_classifier().requires_grad_(True)
-    probe = fit(
-        student,
-        train,
-        val,
-        build.recipe(params, "linear"),
-        seed=params.seed,
-        desc=f"{name} probe",
-        **dirs(f"{name}-probe"),
-        # the probe belongs to this distilled student: its adapters are part of the identity
-        fingerprint=build.fingerprint(
-            name,
-            student,
-            teacher_dir,
-            probe=True,
-            adapters=tensor_digest(adapters.trainable_state(student)),
-        ),
+    probe = fit_probe(
+        student, train, val, params.train.probe_c_grid, dirs(f"{name}-probe").get("live_dir")
     )
     for key, p in student.named_parameters():
         p.requires_grad_(key in adapter_names or key.startswith("head."))
