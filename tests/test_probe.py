@@ -1,4 +1,4 @@
-"""The linear probe: logistic regression on a frozen ViT's features, C chosen on val, folded into
+"""The linear probe: logistic regression on a frozen ViT's features, C chosen on val, copied into
 the ViT's own head."""
 
 from __future__ import annotations
@@ -21,16 +21,20 @@ def _halves(data: ImageSet) -> tuple[ImageSet, ImageSet]:
     return data.subset(idx[idx % 2 == 0]), data.subset(idx[idx % 2 == 1])
 
 
-def test_probe_is_scikit_learns_fit_folded_into_the_head(tiny_vit, glyph_data, tmp_path):
+def _reference(model, train: ImageSet, val: ImageSet) -> tuple[LogisticRegression, np.ndarray]:
+    """scikit-learn's fit (C = 1) on the head's features of `train`, by hand; val's features."""
+    x_train, x_val = features(model, train), features(model, val)
+    return LogisticRegression(C=1.0, max_iter=5000).fit(x_train, train.labels), x_val
+
+
+def test_probe_is_scikit_learns_fit_in_the_head(tiny_vit, glyph_data, tmp_path):
     train, val = _halves(glyph_data)
     model = adapters.inject(tiny_vit(), "linear")
     frozen = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith("head.")}
     grid = [1e-4, 1.0]  # C = 1e-4 shrinks every weight to nothing: val must reject it
     (row,) = fit_probe(model, train, val, grid, tmp_path / "live")
 
-    # the reference: the same fit on the head's features, done by hand
-    x_train, x_val = features(model, train), features(model, val)
-    ref = LogisticRegression(C=1.0, max_iter=5000).fit(x_train, train.labels)
+    ref, x_val = _reference(model, train, val)
     assert row["C"] == 1.0 and row["val_top1_by_C"]["0.0001"] < row["val_top1_by_C"]["1.0"]
     model.eval()
     with torch.no_grad():
@@ -54,8 +58,7 @@ def test_two_classes_get_a_logit_each(tiny_vit, glyph_data):
     train, val = _halves(two)
     model = adapters.inject(tiny_vit(num_classes=2), "linear")
     fit_probe(model, train, val, [1.0])
-    x_train, x_val = features(model, train), features(model, val)
-    ref = LogisticRegression(C=1.0, max_iter=5000).fit(x_train, train.labels)
+    ref, x_val = _reference(model, train, val)
     with torch.no_grad():
         probs = model.eval()(to_tensor(val.images)).softmax(1).double().numpy()
     np.testing.assert_allclose(probs, ref.predict_proba(x_val), rtol=0, atol=1e-5)
