@@ -222,8 +222,8 @@ class _GrpcClient:
                     loop.call_soon_threadsafe(finished.set_result, None)
                 elif ok:
                     send()
-                else:  # a refusing server is no spin
-                    threading.Timer(BACKOFF_S, send).start()
+                else:  # a refusing server is no spin; the pause waits in the event loop
+                    loop.call_soon_threadsafe(loop.call_later, BACKOFF_S, send)
 
             send()
             return finished

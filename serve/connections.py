@@ -37,6 +37,8 @@ LOG = logging.getLogger("serve")
 LOG_EVERY_S = 10.0
 # descriptors kept free for what the process opens besides connections (models, logs, pipes)
 RESERVED_FDS = 64
+# with more connections open than this, a request is not taken to be alone
+MAX_PEERS_LOOKED_AT = 8
 
 
 class RateLimitedLog:
@@ -97,6 +99,8 @@ class Connection(web.RequestHandler):
         self.cap = cap
         self.header_timer: asyncio.TimerHandle | None = None
         self.busy = False  # between a request's last header line and its response's end
+        # a request is pending from a byte's arrival to the end of its answer
+        self.last_data = self.answered = time.monotonic()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # counted here, not when the protocol is made: asyncio makes a burst of them first
@@ -110,10 +114,16 @@ class Connection(web.RequestHandler):
         super().connection_made(transport)
 
     def data_received(self, data: bytes) -> None:
+        self.last_data = time.monotonic()
         if data and not self.busy and self.header_timer is None:
             loop = asyncio.get_running_loop()
             self.header_timer = loop.call_later(self.header_timeout, self._headers_late)
         super().data_received(data)
+
+    @property
+    def between_requests(self) -> bool:
+        """No byte has come in since the last answer went out."""
+        return not self.busy and self.last_data <= self.answered
 
     def request_started(self) -> None:
         """The middleware's call: the headers are in, the header timeout is over."""
@@ -127,6 +137,7 @@ class Connection(web.RequestHandler):
             sent = await super().finish_response(request, resp, start_time)
         finally:
             self.busy = False
+            self.answered = time.monotonic()
         if resp.status == 408:  # no lingering for the rest of a body that is late already
             self.force_close()
         return sent
@@ -181,6 +192,20 @@ class Connection(web.RequestHandler):
         response = web.json_response({"error": text}, status=status)
         response.force_close()
         return response
+
+
+def alone(request: web.BaseRequest) -> bool:
+    """Whether `request` is the only one the server has: no other connection has sent a byte
+    since its last answer. HTTP/1.1 carries one request at a time per connection, so no other
+    request is under way. With over `MAX_PEERS_LOOKED_AT` connections open it says no without
+    looking."""
+    this = request.protocol
+    if not isinstance(this, Connection):
+        return False
+    connections = this.manager.connections
+    if len(connections) > MAX_PEERS_LOOKED_AT:
+        return False
+    return all(c is this or (isinstance(c, Connection) and c.between_requests) for c in connections)
 
 
 over_cap = RateLimitedLog()

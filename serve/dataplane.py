@@ -23,6 +23,9 @@ from serve.protocol import InferRequest, ProtocolError, datatype_of
 SERVER_NAME = "vit-adapt-deploy"
 EXTENSIONS = ["binary_tensor_data", "statistics", "model_configuration"]
 UNAUTHORIZED = "missing or wrong API key (Authorization: Bearer <key>)"
+# a request runs in place only this long after the last one that had company: under a load
+# of a few clients some requests find the others between requests, and each runs ~1 ms
+LONE_AFTER_S = 0.01
 
 
 @dataclass(frozen=True)
@@ -68,6 +71,8 @@ class Dataplane:
             for name, m in models.items()
         }
         self.draining = False  # readiness fails while in-flight requests finish
+        self.in_flight = 0  # inference requests between their checks and their logits
+        self.company_seen = -float("inf")  # when a request last had company (perf_counter)
         self.dropped = 0  # requests the drain cancelled
 
     def start(self) -> None:
@@ -120,8 +125,11 @@ class Dataplane:
     def repository_index(self) -> list[dict]:
         return [{"name": n, "version": "1", "state": "READY"} for n in self.models]
 
-    async def infer(self, model: ServedModel, request: InferRequest) -> dict[str, np.ndarray]:
-        """The outputs `request` asks for (all without a list), in its order."""
+    async def infer(
+        self, model: ServedModel, request: InferRequest, alone: bool = False
+    ) -> dict[str, np.ndarray]:
+        """The outputs `request` asks for (all without a list), in its order; `alone` as for
+        `run`."""
         name = model.backend.input_name
         unexpected = set(request.inputs) - {name}
         if unexpected or name not in request.inputs:
@@ -139,11 +147,15 @@ class Dataplane:
                 400,
                 f"model {model.name!r} has no output {sorted(unknown)[0]!r} (it has {out_name!r})",
             )
-        logits = await self.run(model, images)
+        logits = await self.run(model, images, alone)
         return {n: logits for n in request.outputs or [out_name]}
 
-    async def run(self, model: ServedModel, images: np.ndarray) -> np.ndarray:
-        """Check a batch of images against the model, queue it, and count it: the logits."""
+    async def run(self, model: ServedModel, images: np.ndarray, alone: bool = False) -> np.ndarray:
+        """Check a batch of images against the model, queue it, and count it: the logits.
+        `alone`: the transport has no other request under way. A request that is alone, with
+        none of the other transport in flight and none seen with company for
+        `LONE_AFTER_S`, skips the queue (`DynamicBatcher.infer`); the memory keeps a load of
+        a few clients, which can look alone between its requests, batching."""
         expected = model.input_shape
         if images.ndim != 4 or tuple(images.shape[1:]) != expected:
             raise ProtocolError(
@@ -159,10 +171,16 @@ class Dataplane:
             )
         start = time.perf_counter()
         stats = self.stats[model.name]
+        self.in_flight += 1
+        if not alone or self.in_flight > 1:
+            self.company_seen = start
+        lone = start - self.company_seen > LONE_AFTER_S
         try:
-            result = await self.batchers[model.name].infer(images)
+            result = await self.batchers[model.name].infer(images, lone)
         except Exception as e:
             stats.request(time.perf_counter() - start, ok=False)
             raise ProtocolError(500, f"the {model.kind} backend failed: {e}") from e
+        finally:
+            self.in_flight -= 1
         stats.request(time.perf_counter() - start, ok=True, queue_seconds=result.queue_seconds)
         return result.logits

@@ -74,6 +74,12 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=reg,
         )
+        self.in_place = Counter(
+            "serve_in_place_requests",
+            "Inference requests run at once on the event loop's thread (alone, the worker idle)",
+            ["model"],
+            registry=reg,
+        )
         sizes = sorted({1, *(2**i for i in range(max_batch_size.bit_length())), max_batch_size})
         self.batch_size = Histogram(
             "serve_batch_size", "Images per executed batch", ["model"], buckets=sizes, registry=reg
@@ -105,10 +111,10 @@ class ModelStats:
             self.metrics.request_seconds.labels(self.name).observe(seconds)
             self.metrics.queue_seconds.labels(self.name).observe(queue_seconds)
 
-    def batch(self, size: int, requests: int, seconds: float) -> None:
-        """One executed batch of `size` images from `requests` requests. As in Triton,
-        inference_stats are per request (each is charged its batch's compute time) and
-        batch_stats per execution."""
+    def batch(self, size: int, requests: int, seconds: float, in_place: bool = False) -> None:
+        """One executed batch of `size` images from `requests` requests (one run `in_place`,
+        skipping the queue). As in Triton, inference_stats are per request (each is charged its
+        batch's compute time) and batch_stats per execution."""
         with self._lock:
             self._add("compute_infer", seconds, requests)
             entry = self._batches[size]
@@ -119,6 +125,8 @@ class ModelStats:
             self.last_inference_ms = int(time.time() * 1e3)
         self.metrics.compute_seconds.labels(self.name).observe(seconds)
         self.metrics.batch_size.labels(self.name).observe(size)
+        if in_place:
+            self.metrics.in_place.labels(self.name).inc()
 
     def _add(self, kind: str, seconds: float, times: int = 1) -> None:
         entry = self._sums[kind]

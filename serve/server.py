@@ -24,7 +24,7 @@ from PIL import Image
 
 from pipeline.data import to_tensor
 from pipeline.data.folders import ImageTooLarge, read_image
-from serve.connections import Connection
+from serve.connections import Connection, alone
 from serve.dataplane import UNAUTHORIZED, Dataplane
 from serve.metrics import CONTENT_TYPE
 from serve.models import ServedModel
@@ -224,7 +224,7 @@ async def _parse(request: web.Request) -> InferRequest:
 async def _infer(request: web.Request) -> web.Response:
     model = _model(request)
     parsed = await _parse(request)
-    outputs = await _plane(request).infer(model, parsed)
+    outputs = await _plane(request).infer(model, parsed, alone(request))
     body, headers = encode_infer_response(model.name, parsed, outputs)
     return web.Response(body=body, headers=headers)
 
@@ -280,7 +280,8 @@ async def _classify(request: web.Request) -> web.Response:
         raise ProtocolError(413, f"the image is too large to decode ({e})") from None
     except (OSError, ValueError) as e:
         raise ProtocolError(400, f"the body is not an image this server can read ({e})") from None
-    logits = (await state.dataplane.run(model, x))[0].astype(np.float64)
+    logits = (await state.dataplane.run(model, x, alone(request)))[0]
+    logits = logits.astype(np.float64)
     probs = np.exp(logits - logits.max())
     probs /= probs.sum()
     order = np.argsort(-probs)[:top_k]

@@ -1,9 +1,11 @@
 """The dynamic batcher's schedule, on a backend whose compute time the test sets: a lone
-request runs at once, a steady load batches, the delay bounds every wait."""
+request runs at once, a steady load batches, the delay bounds every wait, a request alone runs
+in place while the worker is idle."""
 
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 
 import numpy as np
@@ -24,12 +26,14 @@ class _Sleepy:
         self.seconds = seconds
         self.fail = fail
         self.batches: list[int] = []
+        self.threads: list[str] = []  # the thread each batch ran on
 
     def run(self, images: np.ndarray) -> np.ndarray:
         time.sleep(self.seconds)
         if self.fail:
             raise RuntimeError("device lost")
         self.batches.append(len(images))
+        self.threads.append(threading.current_thread().name)
         return images.reshape(len(images), -1).sum(1, keepdims=True)
 
 
@@ -126,3 +130,26 @@ def test_without_batching_every_request_runs_alone():
     backend = _Sleepy(0.005)
     asyncio.run(main(backend))
     assert backend.batches == [2, 2, 2, 2]
+
+
+def test_a_request_alone_runs_on_the_callers_thread_only_while_the_worker_is_idle():
+    async def main(backend: _Sleepy) -> list[float]:
+        batcher = _batcher(backend, delay_us=1000)
+        batcher.start()
+        while not batcher.idle:  # the worker reaches its wait
+            await asyncio.sleep(0.001)
+        first = await batcher.infer(_images(2, 1), alone=True)
+        queued = asyncio.ensure_future(batcher.infer(_images(1, 2)))
+        await asyncio.sleep(0)  # it queues: the worker is no longer idle
+        second = await batcher.infer(_images(1, 3), alone=True)  # so this one queues too
+        await queued
+        await batcher.close()
+        np.testing.assert_array_equal(first.logits[:, 0], [4, 4])
+        assert second.logits[0, 0] == 12
+        return [first.queue_seconds, first.compute_seconds]
+
+    backend = _Sleepy(0.03)
+    queue, compute = asyncio.run(main(backend))
+    assert backend.threads[0] == threading.current_thread().name
+    assert set(backend.threads[1:]) == {"infer-m"} and sum(backend.batches) == 4
+    assert queue < compute and compute >= 0.03

@@ -43,6 +43,7 @@ from pipeline.runtime.ort import OnnxRuntimeBackend
 from pipeline.runtime.pytorch import TorchBackend
 from serve import __main__ as serve_main
 from serve import bench
+from serve.dataplane import LONE_AFTER_S
 from serve.launch import ServerProcess
 from serve.models import load_all, split_spec
 from serve.protocol import (
@@ -700,6 +701,40 @@ def test_dynamic_batching_runs_concurrent_requests_together_and_splits_them_back
     assert sum(b["compute_infer"]["count"] for b in stats["batch_stats"]) == 10
     for x, logits in zip(inputs, results):
         np.testing.assert_allclose(logits, _direct(model_dir, x), atol=1e-5)
+
+
+def _in_place(url: str) -> float:
+    """Requests of tiny-merged run in place so far (the server's Prometheus counter)."""
+    series = 'serve_in_place_requests_total{model="tiny-merged"} '
+    text = _http(f"{url}/metrics")[2].decode()
+    return sum(float(line.removeprefix(series)) for line in text.splitlines() if series in line)
+
+
+def test_a_lone_client_runs_in_place_and_a_load_of_clients_still_batches(model_dir):
+    """A lone client's requests skip the queue (no thread hand-off); four clients at once are
+    batched as before, though each finds the others between requests now and then; once they
+    stop, a lone client runs in place again."""
+    onnx = str(model_dir / "tiny-merged" / KINDS["onnxruntime"].file)
+    x = _batch(1)
+    args = ["--model", onnx, "--threads", "1", "--max-queue-delay-us", "20000"]
+    with ServerProcess(args) as s:
+        for _ in range(10):
+            np.testing.assert_allclose(
+                _infer(s.url, "tiny-merged", x), _direct(model_dir, x), atol=1e-5
+            )
+        lone = _in_place(s.url)
+        before, served = _batches(s.url), _stats(s.url, "tiny-merged")["inference_count"]
+        with busy(s.url, 4, 1):
+            time.sleep(1.0)
+        loaded = _in_place(s.url) - lone
+        after, served = _batches(s.url), _stats(s.url, "tiny-merged")["inference_count"] - served
+        time.sleep(10 * LONE_AFTER_S)  # the load's company is forgotten
+        for _ in range(5):
+            _infer(s.url, "tiny-merged", x)
+        again = _in_place(s.url) - lone - loaded
+    assert lone == 10 and again == 5
+    shared = sum(n - before.get(size, 0) for size, n in after.items() if size > 1)
+    assert shared > 0 and loaded < 0.2 * served, f"{loaded} of {served} in place, {after}"
 
 
 # ---- image route, metrics, key, backends, shutdown -----------------------------------------
