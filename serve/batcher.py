@@ -9,11 +9,12 @@ of idling for the delay. The wait is a timed condition on the worker thread, pre
 microseconds; the event loop's timers round a 500 us delay up to a millisecond or more.
 
 A request its caller calls `alone` (the dataplane: no other request under way, none lately)
-runs on the caller's thread, the event loop's, when the worker is idle: that saves the two
-thread hand-offs (waking the worker, then the event loop), 0.05-0.1 ms of a 1 ms batch-1
-request on a 2-core CPU. The batcher cannot judge it itself: while one request runs in place
-the loop reads no other, so one that ran every lone request in place would only ever see
-lone requests and never batch again.
+runs on the caller's thread, the event loop's, when the worker is idle and a batch of its size
+last computed in under `IN_PLACE_MAX_S`: that saves the two thread hand-offs (waking the
+worker, then the event loop), 0.05-0.1 ms of a 1 ms batch-1 request on a 2-core CPU, and never
+stalls the loop (health checks, other connections) for longer. The batcher cannot judge
+`alone` itself: while one request runs in place the loop reads no other, so one that ran every
+lone request in place would only ever see lone requests and never batch again.
 """
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ import numpy as np
 
 from pipeline.runtime import Backend
 from serve.metrics import ModelStats
+
+# the longest compute run on the event loop's thread: it answers nothing else meanwhile
+IN_PLACE_MAX_S = 0.005
 
 
 @dataclass
@@ -78,6 +82,7 @@ class DynamicBatcher:
         self._closing = False
         self._last_requests = 1  # requests in the last batch: the load's concurrency
         self._idle = False  # the worker waits for a request with none queued
+        self._compute_s: dict[int, float] = {}  # images -> the last batch of that size's compute
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
 
@@ -98,10 +103,12 @@ class DynamicBatcher:
         `alone`: the caller expects no other request while this one computes."""
         assert self._loop is not None, "start() the batcher first"
         arrived = time.perf_counter()
-        if alone and self.idle:  # only this thread queues, so the worker stays idle
+        # only this thread queues, so the worker stays idle; a size not computed yet queues
+        quick = self._compute_s.get(len(images), float("inf")) < IN_PLACE_MAX_S
+        if alone and quick and self.idle:
             start = time.perf_counter()
             logits = self.backend.run(images)
-            compute = time.perf_counter() - start
+            compute = self._compute_s[len(images)] = time.perf_counter() - start
             self.stats.batch(len(images), 1, compute, in_place=True)
             return Result(logits, start - arrived, compute)
         pending = _Pending(images, self._loop.create_future(), arrived)
@@ -166,7 +173,7 @@ class DynamicBatcher:
             except Exception as e:  # the backend failed: each request hears why, the server lives
                 self._loop.call_soon_threadsafe(_settle, [(p.future, e) for p in live])
                 continue
-            compute = time.perf_counter() - start
+            compute = self._compute_s[len(images)] = time.perf_counter() - start
             self.stats.batch(len(images), len(live), compute)
             answers: list[tuple[asyncio.Future, Result | Exception]] = []
             offset = 0

@@ -10,7 +10,7 @@ import time
 
 import numpy as np
 
-from serve.batcher import DynamicBatcher
+from serve.batcher import IN_PLACE_MAX_S, DynamicBatcher
 from serve.metrics import Metrics, ModelStats
 
 
@@ -132,24 +132,36 @@ def test_without_batching_every_request_runs_alone():
     assert backend.batches == [2, 2, 2, 2]
 
 
-def test_a_request_alone_runs_on_the_callers_thread_only_while_the_worker_is_idle():
-    async def main(backend: _Sleepy) -> list[float]:
+def test_a_request_alone_runs_on_the_callers_thread_while_the_worker_is_idle_if_quick():
+    """In place only when the caller says alone, the worker is idle, and a batch of the
+    request's size last computed in under `IN_PLACE_MAX_S`."""
+    caller = threading.current_thread().name
+
+    async def main(backend: _Sleepy) -> None:
         batcher = _batcher(backend, delay_us=1000)
         batcher.start()
-        while not batcher.idle:  # the worker reaches its wait
-            await asyncio.sleep(0.001)
-        first = await batcher.infer(_images(2, 1), alone=True)
-        queued = asyncio.ensure_future(batcher.infer(_images(1, 2)))
-        await asyncio.sleep(0)  # it queues: the worker is no longer idle
-        second = await batcher.infer(_images(1, 3), alone=True)  # so this one queues too
-        await queued
-        await batcher.close()
-        np.testing.assert_array_equal(first.logits[:, 0], [4, 4])
-        assert second.logits[0, 0] == 12
-        return [first.queue_seconds, first.compute_seconds]
 
-    backend = _Sleepy(0.03)
-    queue, compute = asyncio.run(main(backend))
-    assert backend.threads[0] == threading.current_thread().name
-    assert set(backend.threads[1:]) == {"infer-m"} and sum(backend.batches) == 4
-    assert queue < compute and compute >= 0.03
+        async def alone(i: int) -> str:  # the thread a request alone ran on, once idle
+            while not batcher.idle:
+                await asyncio.sleep(0.001)
+            result = await batcher.infer(_images(2, i), alone=True)
+            np.testing.assert_array_equal(result.logits[:, 0], [4 * i, 4 * i])
+            return backend.threads[-1]
+
+        assert await alone(1) == "infer-m"  # its size's compute time is not known yet
+        assert await alone(2) == caller
+        backend.seconds = 0.05
+        queued = asyncio.ensure_future(batcher.infer(_images(2, 3)))
+        await asyncio.sleep(0)  # it queues: the worker is no longer idle
+        assert (await batcher.infer(_images(2, 4), alone=True)).logits[0, 0] == 16
+        assert backend.threads[-1] == "infer-m"  # so the one alone queued too
+        await queued
+        backend.seconds = 0
+        await batcher.infer(_images(2, 5))  # quick again
+        backend.seconds = 2 * IN_PLACE_MAX_S
+        assert await alone(6) == caller  # this size was quick when it last ran
+        assert await alone(7) == "infer-m"  # and now it is not
+        assert await alone(8) == "infer-m"
+        await batcher.close()
+
+    asyncio.run(main(_Sleepy(0)))

@@ -711,9 +711,10 @@ def _in_place(url: str) -> float:
 
 
 def test_a_lone_client_runs_in_place_and_a_load_of_clients_still_batches(model_dir):
-    """A lone client's requests skip the queue (no thread hand-off); four clients at once are
-    batched as before, though each finds the others between requests now and then; once they
-    stop, a lone client runs in place again."""
+    """A lone client's requests skip the queue (no thread hand-off) once the first has shown
+    that a batch of one computes quickly; four clients at once are batched as before, though
+    each finds the others between requests now and then; once they stop, a lone client runs in
+    place again."""
     onnx = str(model_dir / "tiny-merged" / KINDS["onnxruntime"].file)
     x = _batch(1)
     args = ["--model", onnx, "--threads", "1", "--max-queue-delay-us", "20000"]
@@ -732,7 +733,7 @@ def test_a_lone_client_runs_in_place_and_a_load_of_clients_still_batches(model_d
         for _ in range(5):
             _infer(s.url, "tiny-merged", x)
         again = _in_place(s.url) - lone - loaded
-    assert lone == 10 and again == 5
+    assert 8 <= lone <= 9 and again == 5  # the first (and a slow cold start) queue
     shared = sum(n - before.get(size, 0) for size, n in after.items() if size > 1)
     assert shared > 0 and loaded < 0.2 * served, f"{loaded} of {served} in place, {after}"
 
