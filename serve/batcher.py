@@ -11,8 +11,9 @@ microseconds; the event loop's timers round a 500 us delay up to a millisecond o
 A request its caller calls `alone` (the dataplane: no other request under way, none lately)
 runs on the caller's thread, the event loop's, when the worker is idle and a batch of its size
 last computed in under `IN_PLACE_MAX_S`: that saves the two thread hand-offs (waking the
-worker, then the event loop), 0.05-0.1 ms of a 1 ms batch-1 request on a 2-core CPU, and never
-stalls the loop (health checks, other connections) for longer. The batcher cannot judge
+worker, then the event loop), 0.05-0.1 ms of a 1 ms batch-1 request on a 2-core CPU, and
+stalls the loop (health checks, other connections) only for what is quick; a run that turns
+out slow sends its size back to the queue. The batcher cannot judge
 `alone` itself: while one request runs in place the loop reads no other, so one that ran every
 lone request in place would only ever see lone requests and never batch again.
 """
@@ -30,7 +31,8 @@ import numpy as np
 from pipeline.runtime import Backend
 from serve.metrics import ModelStats
 
-# the longest compute run on the event loop's thread: it answers nothing else meanwhile
+# a batch size runs on the event loop's thread only while its last compute took less: the loop
+# answers nothing else meanwhile
 IN_PLACE_MAX_S = 0.005
 
 
@@ -95,15 +97,17 @@ class DynamicBatcher:
 
     @property
     def idle(self) -> bool:
-        """The worker waits for a request, none queued."""
-        return self._idle and not self._pending
+        """The worker waits for a request, none queued, and the batcher is not closing. Only
+        the event loop's thread queues or closes, so there it stays true until it does."""
+        with self._changed:
+            return self._idle and not self._pending and not self._closing
 
     async def infer(self, images: np.ndarray, alone: bool = False) -> Result:
         """Logits for `images` (batch, C, H, W): the request's slice of the batch it ran in.
         `alone`: the caller expects no other request while this one computes."""
         assert self._loop is not None, "start() the batcher first"
         arrived = time.perf_counter()
-        # only this thread queues, so the worker stays idle; a size not computed yet queues
+        # a size not computed yet queues
         quick = self._compute_s.get(len(images), float("inf")) < IN_PLACE_MAX_S
         if alone and quick and self.idle:
             start = time.perf_counter()

@@ -99,8 +99,7 @@ class Connection(web.RequestHandler):
         self.cap = cap
         self.header_timer: asyncio.TimerHandle | None = None
         self.busy = False  # between a request's last header line and its response's end
-        # a request is pending from a byte's arrival to the end of its answer
-        self.last_data = self.answered = time.monotonic()
+        self.unanswered = False  # a byte came in since the last answer went out
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # counted here, not when the protocol is made: asyncio makes a burst of them first
@@ -114,16 +113,11 @@ class Connection(web.RequestHandler):
         super().connection_made(transport)
 
     def data_received(self, data: bytes) -> None:
-        self.last_data = time.monotonic()
+        self.unanswered = True
         if data and not self.busy and self.header_timer is None:
             loop = asyncio.get_running_loop()
             self.header_timer = loop.call_later(self.header_timeout, self._headers_late)
         super().data_received(data)
-
-    @property
-    def between_requests(self) -> bool:
-        """No byte has come in since the last answer went out."""
-        return not self.busy and self.last_data <= self.answered
 
     def request_started(self) -> None:
         """The middleware's call: the headers are in, the header timeout is over."""
@@ -136,8 +130,7 @@ class Connection(web.RequestHandler):
         try:
             sent = await super().finish_response(request, resp, start_time)
         finally:
-            self.busy = False
-            self.answered = time.monotonic()
+            self.busy = self.unanswered = False
         if resp.status == 408:  # no lingering for the rest of a body that is late already
             self.force_close()
         return sent
@@ -196,16 +189,17 @@ class Connection(web.RequestHandler):
 
 def alone(request: web.BaseRequest) -> bool:
     """Whether `request` is the only one the server has: no other connection has sent a byte
-    since its last answer. HTTP/1.1 carries one request at a time per connection, so no other
-    request is under way. With over `MAX_PEERS_LOOKED_AT` connections open it says no without
-    looking."""
+    since its last answer. HTTP/1.1 carries one request at a time per connection; what this
+    cannot see (a pipelined request behind one answered, a connection not read yet) waits for
+    one quick compute at most. With over `MAX_PEERS_LOOKED_AT` connections open it says no
+    without looking."""
     this = request.protocol
     if not isinstance(this, Connection):
         return False
     connections = this.manager.connections
     if len(connections) > MAX_PEERS_LOOKED_AT:
         return False
-    return all(c is this or (isinstance(c, Connection) and c.between_requests) for c in connections)
+    return all(c is this or (isinstance(c, Connection) and not c.unanswered) for c in connections)
 
 
 over_cap = RateLimitedLog()

@@ -153,9 +153,10 @@ class Dataplane:
     async def run(self, model: ServedModel, images: np.ndarray, alone: bool = False) -> np.ndarray:
         """Check a batch of images against the model, queue it, and count it: the logits.
         `alone`: the transport has no other request under way. A request that is alone, with
-        none of the other transport in flight and none seen with company for
-        `LONE_AFTER_S`, skips the queue (`DynamicBatcher.infer`); the memory keeps a load of
-        a few clients, which can look alone between its requests, batching."""
+        no other inference request in flight (any model, either transport) and none that had
+        company in the last `LONE_AFTER_S`, may skip the queue (`DynamicBatcher.infer`); the
+        memory keeps a load of a few clients, which can look alone between its requests,
+        batching."""
         expected = model.input_shape
         if images.ndim != 4 or tuple(images.shape[1:]) != expected:
             raise ProtocolError(

@@ -163,5 +163,6 @@ def test_a_request_alone_runs_on_the_callers_thread_while_the_worker_is_idle_if_
         assert await alone(7) == "infer-m"  # and now it is not
         assert await alone(8) == "infer-m"
         await batcher.close()
+        assert not batcher.idle
 
     asyncio.run(main(_Sleepy(0)))

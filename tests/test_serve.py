@@ -714,7 +714,8 @@ def test_a_lone_client_runs_in_place_and_a_load_of_clients_still_batches(model_d
     """A lone client's requests skip the queue (no thread hand-off) once the first has shown
     that a batch of one computes quickly; four clients at once are batched as before, though
     each finds the others between requests now and then; once they stop, a lone client runs in
-    place again."""
+    place again. A batch that a busy machine slowed past the bound queues the next request of
+    its size, so the counts leave room for one or two."""
     onnx = str(model_dir / "tiny-merged" / KINDS["onnxruntime"].file)
     x = _batch(1)
     args = ["--model", onnx, "--threads", "1", "--max-queue-delay-us", "20000"]
@@ -730,10 +731,12 @@ def test_a_lone_client_runs_in_place_and_a_load_of_clients_still_batches(model_d
         loaded = _in_place(s.url) - lone
         after, served = _batches(s.url), _stats(s.url, "tiny-merged")["inference_count"] - served
         time.sleep(10 * LONE_AFTER_S)  # the load's company is forgotten
+        _infer(s.url, "tiny-merged", x)  # a batch of one timed again, off the load
+        start = _in_place(s.url)
         for _ in range(5):
             _infer(s.url, "tiny-merged", x)
-        again = _in_place(s.url) - lone - loaded
-    assert 8 <= lone <= 9 and again == 5  # the first (and a slow cold start) queue
+        again = _in_place(s.url) - start
+    assert 7 <= lone <= 9 and again >= 4  # the first of a size always queues
     shared = sum(n - before.get(size, 0) for size, n in after.items() if size > 1)
     assert shared > 0 and loaded < 0.2 * served, f"{loaded} of {served} in place, {after}"
 
