@@ -23,6 +23,7 @@ import resource
 import signal
 import socket
 import time
+from dataclasses import dataclass
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any, cast
 
@@ -37,8 +38,6 @@ LOG = logging.getLogger("serve")
 LOG_EVERY_S = 10.0
 # descriptors kept free for what the process opens besides connections (models, logs, pipes)
 RESERVED_FDS = 64
-# with more connections open than this, a request is not taken to be alone
-MAX_PEERS_LOOKED_AT = 8
 
 
 class RateLimitedLog:
@@ -87,11 +86,26 @@ def connection_cap(wanted: int) -> int:
     return cap
 
 
+@dataclass
+class Unanswered:
+    """How many of the server's connections have sent a byte since their last answer: a
+    request under way (or arriving) on each."""
+
+    count: int = 0
+
+
 class Connection(web.RequestHandler):
-    """aiohttp's request handler with a header timeout and JSON parser errors."""
+    """aiohttp's request handler with a header timeout and JSON parser errors; it keeps the
+    server's count of connections with a request under way."""
 
     def __init__(
-        self, manager: web.Server, *, header_timeout: float, cap: int, **kwargs: Any
+        self,
+        manager: web.Server,
+        *,
+        header_timeout: float,
+        cap: int,
+        unanswered: Unanswered,
+        **kwargs: Any,
     ) -> None:
         super().__init__(manager, **kwargs)
         self.manager = manager
@@ -99,7 +113,13 @@ class Connection(web.RequestHandler):
         self.cap = cap
         self.header_timer: asyncio.TimerHandle | None = None
         self.busy = False  # between a request's last header line and its response's end
-        self.unanswered = False  # a byte came in since the last answer went out
+        self.unanswered = unanswered
+        self.pending = False  # counted in `unanswered`
+
+    def _pending(self, pending: bool) -> None:
+        if pending != self.pending:
+            self.pending = pending
+            self.unanswered.count += 1 if pending else -1
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # counted here, not when the protocol is made: asyncio makes a burst of them first
@@ -113,7 +133,7 @@ class Connection(web.RequestHandler):
         super().connection_made(transport)
 
     def data_received(self, data: bytes) -> None:
-        self.unanswered = True
+        self._pending(True)
         if data and not self.busy and self.header_timer is None:
             loop = asyncio.get_running_loop()
             self.header_timer = loop.call_later(self.header_timeout, self._headers_late)
@@ -130,12 +150,14 @@ class Connection(web.RequestHandler):
         try:
             sent = await super().finish_response(request, resp, start_time)
         finally:
-            self.busy = self.unanswered = False
+            self.busy = False
+            self._pending(False)
         if resp.status == 408:  # no lingering for the rest of a body that is late already
             self.force_close()
         return sent
 
     def connection_lost(self, exc: BaseException | None) -> None:
+        self._pending(False)
         self._stop_header_timer()
         super().connection_lost(exc)
 
@@ -189,17 +211,11 @@ class Connection(web.RequestHandler):
 
 def alone(request: web.BaseRequest) -> bool:
     """Whether `request` is the only one the server has: no other connection has sent a byte
-    since its last answer. HTTP/1.1 carries one request at a time per connection; what this
-    cannot see (a pipelined request behind one answered, a connection not read yet) waits for
-    one quick compute at most. With over `MAX_PEERS_LOOKED_AT` connections open it says no
-    without looking."""
+    since its last answer, however many are open. HTTP/1.1 carries one request at a time per
+    connection; what this cannot see (a pipelined request behind one answered, a connection not
+    read yet) waits for one quick compute at most."""
     this = request.protocol
-    if not isinstance(this, Connection):
-        return False
-    connections = this.manager.connections
-    if len(connections) > MAX_PEERS_LOOKED_AT:
-        return False
-    return all(c is this or (isinstance(c, Connection) and not c.unanswered) for c in connections)
+    return isinstance(this, Connection) and this.pending and this.unanswered.count == 1
 
 
 over_cap = RateLimitedLog()
@@ -243,12 +259,14 @@ async def serve(
     manager = runner.server
     assert manager is not None
     cap = connection_cap(cfg.max_connections)
+    unanswered = Unanswered()
 
     def protocol() -> Connection:
         return Connection(
             manager,
             loop=loop,
             cap=cap,
+            unanswered=unanswered,
             header_timeout=cfg.header_timeout,
             keepalive_timeout=cfg.keepalive_timeout,
             access_log=None,

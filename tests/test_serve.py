@@ -8,6 +8,7 @@ import concurrent.futures
 import contextlib
 import functools
 import gc
+import http.client
 import importlib.util
 import io
 import json
@@ -714,12 +715,19 @@ def test_a_lone_client_runs_in_place_and_a_load_of_clients_still_batches(model_d
     """A lone client's requests skip the queue (no thread hand-off) once the first has shown
     that a batch of one computes quickly; four clients at once are batched as before, though
     each finds the others between requests now and then; once they stop, a lone client runs in
-    place again. A batch that a busy machine slowed past the bound queues the next request of
-    its size, so the counts leave room for one or two."""
+    place again. Idle kept-alive connections beside it change nothing. A batch that a busy
+    machine slowed past the bound queues the next request of its size, so the counts leave
+    room for one or two."""
     onnx = str(model_dir / "tiny-merged" / KINDS["onnxruntime"].file)
     x = _batch(1)
     args = ["--model", onnx, "--threads", "1", "--max-queue-delay-us", "20000"]
-    with ServerProcess(args) as s:
+    with ServerProcess(args) as s, contextlib.ExitStack() as idle:
+        for _ in range(12):  # a client pool's idle connections, each answered once
+            pooled = idle.enter_context(
+                contextlib.closing(http.client.HTTPConnection(s.url.removeprefix("http://")))
+            )
+            pooled.request("GET", "/v2/health/live")
+            assert pooled.getresponse().read() == b'{"live": true}'
         for _ in range(10):
             np.testing.assert_allclose(
                 _infer(s.url, "tiny-merged", x), _direct(model_dir, x), atol=1e-5
