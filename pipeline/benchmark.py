@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from pipeline import paths
+from pipeline import adapters, paths
 from pipeline.artifacts import deployables, load_task, load_torch_folder, merges
 from pipeline.config import Params
 from pipeline.data import to_tensor
@@ -63,7 +63,11 @@ def ratios(rows: list[dict], variants: list[Variant]) -> dict:
         return f"{name}-merged"
 
     # an unmergeable adapter against the plain backbone of its role (its linear probe)
-    plain = {v.name: f"{v.role}-linear" for v in variants if not merges(v) and v.method != "linear"}
+    plain = {
+        v.name: f"{v.role}-linear"
+        for v in variants
+        if not merges(v) and adapters.has_adapters(v.method)
+    }
     out = {
         "unmerged_over_merged": p50_ratios(local, "variant", merged, _by_batch),
         "served_unmerged_over_merged": p50_ratios(served, "variant", merged, _by_concurrency),

@@ -54,12 +54,13 @@ def fingerprint(name: str, model: VisionTransformer, *inputs: Path, **extra: Any
 def train_variant(
     params: Params, variant: Variant, train: ImageSet, val: ImageSet
 ) -> tuple[VisionTransformer, list[dict]]:
-    """Train a variant alone (cross-entropy, its method's recipe; a linear probe is fitted by
-    `fit_probe`) and save it (from rank 0 under torchrun) where the downstream stages look."""
+    """Train a variant alone (cross-entropy, its method's recipe; a method that adds nothing,
+    the linear probe, has only its head to learn, which `fit_probe` fits) and save it (from
+    rank 0 under torchrun) where the downstream stages look."""
     backbone = paths.BACKBONES / variant.role
     model = adapted(params, backbone, variant.method, len(train.classes))
     dirs = run_dirs("train", variant.name)
-    if variant.method == "linear":
+    if not adapters.has_adapters(variant.method):
         history = fit_probe(model, train, val, params.train.probe_c_grid, dirs["live_dir"])
     else:
         history = fit(

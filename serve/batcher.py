@@ -110,10 +110,7 @@ class DynamicBatcher:
         # a size not computed yet queues
         quick = self._compute_s.get(len(images), float("inf")) < IN_PLACE_MAX_S
         if alone and quick and self.idle:
-            start = time.perf_counter()
-            logits = self.backend.run(images)
-            compute = self._compute_s[len(images)] = time.perf_counter() - start
-            self.stats.batch(len(images), 1, compute, in_place=True)
+            logits, start, compute = self._run(images, 1, in_place=True)
             return Result(logits, start - arrived, compute)
         pending = _Pending(images, self._loop.create_future(), arrived)
         with self._changed:
@@ -128,6 +125,17 @@ class DynamicBatcher:
             self._changed.notify()
         if self._thread is not None:
             await asyncio.to_thread(self._thread.join)
+
+    def _run(
+        self, images: np.ndarray, requests: int, in_place: bool = False
+    ) -> tuple[np.ndarray, float, float]:
+        """Compute one batch and record its time (the size's last, and the statistics):
+        (logits, when it started, compute seconds)."""
+        start = time.perf_counter()
+        logits = self.backend.run(images)
+        compute = self._compute_s[len(images)] = time.perf_counter() - start
+        self.stats.batch(len(images), requests, compute, in_place=in_place)
+        return logits, start, compute
 
     def _rows(self) -> int:
         return sum(len(p.images) for p in self._pending)
@@ -171,14 +179,11 @@ class DynamicBatcher:
             if not live:
                 continue
             images = live[0].images if len(live) == 1 else np.concatenate([p.images for p in live])
-            start = time.perf_counter()
             try:
-                logits = self.backend.run(images)
+                logits, start, compute = self._run(images, len(live))
             except Exception as e:  # the backend failed: each request hears why, the server lives
                 self._loop.call_soon_threadsafe(_settle, [(p.future, e) for p in live])
                 continue
-            compute = self._compute_s[len(images)] = time.perf_counter() - start
-            self.stats.batch(len(images), len(live), compute)
             answers: list[tuple[asyncio.Future, Result | Exception]] = []
             offset = 0
             for p in live:

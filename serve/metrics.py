@@ -94,13 +94,18 @@ class ModelStats:
 
     def __init__(self, name: str, metrics: Metrics) -> None:
         self.name = name
-        self.metrics = metrics
         self._lock = threading.Lock()
         self._sums: dict[str, list[int]] = defaultdict(lambda: [0, 0])  # kind -> [count, ns]
         self._batches: dict[int, list[int]] = defaultdict(lambda: [0, 0])
         self.inference_count = 0
         self.execution_count = 0
         self.last_inference_ms = 0
+        # this model's series, bound once: a lookup by label costs a lock and a dict per call
+        self._request_seconds = metrics.request_seconds.labels(name)
+        self._queue_seconds = metrics.queue_seconds.labels(name)
+        self._compute_seconds = metrics.compute_seconds.labels(name)
+        self._batch_size = metrics.batch_size.labels(name)
+        self._in_place = metrics.in_place.labels(name)
 
     def request(self, seconds: float, ok: bool, queue_seconds: float = 0.0) -> None:
         with self._lock:
@@ -108,8 +113,8 @@ class ModelStats:
             if ok:
                 self._add("queue", queue_seconds)
         if ok:
-            self.metrics.request_seconds.labels(self.name).observe(seconds)
-            self.metrics.queue_seconds.labels(self.name).observe(queue_seconds)
+            self._request_seconds.observe(seconds)
+            self._queue_seconds.observe(queue_seconds)
 
     def batch(self, size: int, requests: int, seconds: float, in_place: bool = False) -> None:
         """One executed batch of `size` images from `requests` requests (one run `in_place`,
@@ -123,10 +128,10 @@ class ModelStats:
             self.inference_count += size
             self.execution_count += 1
             self.last_inference_ms = int(time.time() * 1e3)
-        self.metrics.compute_seconds.labels(self.name).observe(seconds)
-        self.metrics.batch_size.labels(self.name).observe(size)
+        self._compute_seconds.observe(seconds)
+        self._batch_size.observe(size)
         if in_place:
-            self.metrics.in_place.labels(self.name).inc()
+            self._in_place.inc()
 
     def _add(self, kind: str, seconds: float, times: int = 1) -> None:
         entry = self._sums[kind]

@@ -189,6 +189,8 @@ async def _within_body_timeout(request: web.Request, read: Callable[[], Awaitabl
     decompress is the client's error."""
     limit = request.app[STATE].cfg.body_timeout
     try:
+        if request.content.is_eof():  # all of it has arrived: no timer to arm and cancel
+            return await read()
         async with asyncio.timeout(limit):
             return await read()
     except TimeoutError:

@@ -33,19 +33,25 @@ def test_schedule_warms_up_then_decays_by_cosine():
     assert all(a >= b for a, b in itertools.pairwise(lrs[10:]))
 
 
-def test_fit_learns_and_cleans_up(tmp_path, tiny_vit, glyph_data):
-    model = adapters.inject(tiny_vit(), "lora", rank=4)
-    loss_before, _ = evaluate(model, glyph_data)
-    cfg = TrainConfig(epochs=6, batch_size=16, lr=1e-2, warmup_epochs=1)
-    history = fit(
+def _fit_logged(model, data, tmp_path, epochs: int, **kw) -> list[dict]:
+    """`fit` on `data` (train and val), checkpoints in tmp_path/ck, logs in tmp_path/live."""
+    cfg = TrainConfig(epochs=epochs, batch_size=16, lr=1e-2, warmup_epochs=1)
+    return fit(
         model,
-        glyph_data,
-        glyph_data,
+        data,
+        data,
         cfg,
         seed=0,
         checkpoint_dir=tmp_path / "ck",
         live_dir=tmp_path / "live",
+        **kw,
     )
+
+
+def test_fit_learns_and_cleans_up(tmp_path, tiny_vit, glyph_data):
+    model = adapters.inject(tiny_vit(), "lora", rank=4)
+    loss_before, _ = evaluate(model, glyph_data)
+    history = _fit_logged(model, glyph_data, tmp_path, epochs=6)
     assert [h["epoch"] for h in history] == list(range(1, 7))
     assert history[-1]["train_loss"] < history[0]["train_loss"]
     loss_after, top1 = evaluate(model, glyph_data)
@@ -55,6 +61,22 @@ def test_fit_learns_and_cleans_up(tmp_path, tiny_vit, glyph_data):
     metrics = json.loads((tmp_path / "live" / "metrics.json").read_text())
     assert metrics["step"] == 5 and "val" in metrics
     assert (tmp_path / "live" / "plots" / "metrics" / "train" / "loss.tsv").is_file()
+
+
+def test_a_run_that_fails_keeps_its_log_and_checkpoint(tmp_path, tiny_vit, glyph_data):
+    model = adapters.inject(tiny_vit(), "lora", rank=4)
+
+    def fail_after_epoch_2(epoch: int) -> None:
+        if epoch == 2:
+            raise RuntimeError("out of memory")
+
+    with pytest.raises(RuntimeError, match="out of memory"):
+        _fit_logged(model, glyph_data, tmp_path, epochs=4, on_epoch_end=fail_after_epoch_2)
+    metrics = json.loads((tmp_path / "live" / "metrics.json").read_text())
+    assert metrics["step"] == 1 and metrics["train"]["loss"] > 0, "both epochs are logged"
+    loss = (tmp_path / "live" / "plots" / "metrics" / "train" / "loss.tsv").read_text()
+    assert len(loss.strip().splitlines()) == 3  # a header and the two epochs
+    assert (tmp_path / "ck").exists(), "the next run resumes from epoch 2"
 
 
 def test_fit_refuses_a_model_with_nothing_to_train(tmp_path, tiny_vit, glyph_data):

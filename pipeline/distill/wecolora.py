@@ -105,10 +105,12 @@ def distilled(
     val: ImageSet,
     dirs: Callable[[str], dict[str, Path]],
 ) -> tuple[VisionTransformer, dict]:
-    """Copy the teacher, distil `method`'s adapters on a few-shot subset, then a linear probe
-    on the task. The student (adapters and head trainable) and what its record needs: `copy`
-    (the frozen weight copy, unsaved), `kept` blocks, the `probe` and `distill` histories.
-    `dirs(run)` gives the checkpoint (and dvclive) folders of the runs `name` and `name-probe`."""
+    """Copy the teacher, distil `method`'s adapters on a few-shot subset, then fit a linear
+    probe on the task. The student (adapters and head marked trainable: what its adapter file
+    keeps) and what its record needs: `copy` (the frozen weight copy, unsaved), `kept` blocks,
+    the `probe` and `distill` histories. `dirs(run)` gives a run's folders: the distillation
+    `name` uses its checkpoint (and dvclive) folder, the probe `name-probe`, fitted in one go,
+    only its dvclive one."""
     cfg = params.distill.wecolora
     teacher_dir = paths.BACKBONES / "teacher"
     teacher = models.load_model(teacher_dir)

@@ -19,7 +19,7 @@ import json
 import math
 import random
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -70,26 +70,69 @@ def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextM
     return contextlib.nullcontext()
 
 
+def logits_of(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return model(x)
+
+
+def features_of(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """What a timm ViT's head sees: the pooled feature after the final norm."""
+    return model.forward_head(model.forward_features(x), pre_logits=True)
+
+
 @torch.no_grad()
 def predict(
-    model: nn.Module, data: ImageSet, batch_size: int = 256, device: torch.device | None = None
+    model: nn.Module,
+    data: ImageSet,
+    batch_size: int = 256,
+    device: torch.device | None = None,
+    forward: Callable[[nn.Module, torch.Tensor], torch.Tensor] = logits_of,
+    desc: str | None = None,
 ) -> torch.Tensor:
-    """Logits (float32, on CPU) for every image, in order."""
+    """`forward(model, images)` (logits by default; float32, on CPU) for every image, in order,
+    in eval mode. `desc` shows a progress bar on a terminal."""
     device = device or next(model.parameters()).device
     was_training = model.training
     model.eval()
-    out = [model(x.to(device)).float().cpu() for x, _ in loader(data, batch_size)]
+    batches = loader(data, batch_size)
+    if desc is not None:
+        batches = tqdm(batches, desc=desc, leave=False, disable=not sys.stderr.isatty())
+    out = [forward(model, x.to(device)).float().cpu() for x, _ in batches]
     model.train(was_training)
     return torch.cat(out)
 
 
+def scores(logits: torch.Tensor, labels: np.ndarray) -> tuple[float, float]:
+    """(mean cross-entropy, top-1 in percent) of logits against integer labels."""
+    y = torch.from_numpy(labels)
+    return F.cross_entropy(logits, y).item(), 100.0 * (logits.argmax(1) == y).double().mean().item()
+
+
 def evaluate(model: nn.Module, data: ImageSet, batch_size: int = 256) -> tuple[float, float]:
     """(mean cross-entropy, top-1 in percent)."""
-    logits = predict(model, data, batch_size)
-    labels = torch.from_numpy(data.labels)
-    return F.cross_entropy(logits, labels).item(), (
-        logits.argmax(1) == labels
-    ).float().mean().item() * 100
+    return scores(predict(model, data, batch_size), data.labels)
+
+
+@contextlib.contextmanager
+def live_logger(live_dir: str | Path | None) -> Iterator[Any]:
+    """dvclive's logger writing to `live_dir` on the main process; None elsewhere or without a
+    folder. It ends (writing its summary) however the block ends."""
+    if live_dir is None or not distributed.is_main():
+        yield None
+        return
+    from dvclive import Live
+
+    with Live(str(live_dir), save_dvc_exp=False, dvcyaml=None) as live:
+        yield live
+
+
+def log_row(live: Any, row: dict[str, Any], step: bool = True) -> None:
+    """A history row's numbers as dvclive metrics (`train_loss` as `train/loss`), its epoch
+    aside; `step` plots them as one step of the curves, else they are the run's summary."""
+    for name, value in row.items():
+        if name != "epoch" and isinstance(value, int | float):
+            live.log_metric(name.replace("_", "/", 1), value, plot=step)
+    if step:
+        live.next_step()
 
 
 def _fingerprint(
@@ -201,8 +244,9 @@ def fit(
     checkpoint_dir = Path(checkpoint_dir)
     key = _fingerprint(model, cfg, seed, (len(train), len(val)), fingerprint)
 
-    # one process writes the checkpoint (and holds the lock); the ranks share the folder
-    with checkpoint.locked(checkpoint_dir) if main else contextlib.nullcontext():
+    with contextlib.ExitStack() as stack:
+        if main:  # one process writes the checkpoint and holds the lock; the ranks share it
+            stack.enter_context(checkpoint.locked(checkpoint_dir))
         torch.manual_seed(seed)
         meta = checkpoint.load(checkpoint_dir, model, optimizer, key)
         start, history = (meta["epoch"], meta["history"]) if meta else (0, [])
@@ -211,13 +255,10 @@ def fit(
         if meta and main:
             tqdm.write(f"{desc}: resuming from the checkpoint of epoch {start}/{cfg.epochs}")
 
-        live = None
-        if live_dir is not None and main:
-            from dvclive import Live
-
-            live = Live(str(live_dir), save_dvc_exp=False, dvcyaml=None)
-            for row in history:  # the stage's outputs were reset: log the epochs before the resume
-                _log(live, row)
+        live = stack.enter_context(live_logger(live_dir))
+        if live:  # the stage's outputs were reset: log the epochs before a resume
+            for row in history:
+                log_row(live, row)
 
         data = loader(
             train,
@@ -272,7 +313,7 @@ def fit(
                         f"val loss {val_loss:.4f}{top1}"
                     )
                     if live:
-                        _log(live, row)
+                        log_row(live, row)
                     checkpoint.save(
                         checkpoint_dir,
                         model,
@@ -281,15 +322,6 @@ def fit(
                     )
                 if on_epoch_end:
                     on_epoch_end(epoch + 1)
-        if live:
-            live.end()
         if main:
             checkpoint.clear(checkpoint_dir)
         return history
-
-
-def _log(live: Any, row: dict[str, float]) -> None:
-    for name in ("train_loss", "val_loss", "val_top1", "lr"):
-        if name in row:  # a run without labels (a feature distillation) has no top-1
-            live.log_metric(name.replace("_", "/", 1) if name != "lr" else "lr", row[name])
-    live.next_step()

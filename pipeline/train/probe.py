@@ -14,34 +14,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from sklearn.linear_model import LogisticRegression
 from timm.models.vision_transformer import VisionTransformer
 
 from pipeline import PipelineError
-from pipeline.data import ImageSet, loader
+from pipeline.data import ImageSet
 from pipeline.selection import fit_by_val
-from pipeline.train.distributed import is_main
+from pipeline.train.loop import features_of, live_logger, log_row, predict, scores
 
 
-@torch.no_grad()
-def features(model: VisionTransformer, data: ImageSet, batch_size: int = 256) -> np.ndarray:
+def features(model: VisionTransformer, data: ImageSet, desc: str | None = None) -> np.ndarray:
     """(N, D) float64: what the head of `model` sees for every image, in order."""
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    out = [
-        model.forward_head(model.forward_features(x.to(device)), pre_logits=True).double().cpu()
-        for x, _ in loader(data, batch_size)
-    ]
-    model.train(was_training)
-    return torch.cat(out).numpy()
-
-
-def _scores(logits: torch.Tensor, labels: np.ndarray) -> tuple[float, float]:
-    """(mean cross-entropy, top-1 in percent)."""
-    y = torch.from_numpy(labels)
-    return F.cross_entropy(logits, y).item(), 100.0 * (logits.argmax(1) == y).double().mean().item()
+    return predict(model, data, forward=features_of, desc=desc).double().numpy()
 
 
 def fit_probe(
@@ -59,7 +43,8 @@ def fit_probe(
         raise PipelineError(
             f"the linear probe needs every class in the train split, which has no image of {named}"
         )
-    x_train, x_val = features(model, train), features(model, val)
+    x_train = features(model, train, "probe: train features")
+    x_val = features(model, val, "probe: val features")
     clf, c, by_c = fit_by_val(
         lambda c: LogisticRegression(C=c, max_iter=5000),
         c_grid,
@@ -77,8 +62,8 @@ def fit_probe(
         split: torch.from_numpy(x @ weight.T + bias)
         for split, x in (("train", x_train), ("val", x_val))
     }
-    train_loss, train_top1 = _scores(logits["train"], train.labels)
-    val_loss, val_top1 = _scores(logits["val"], val.labels)
+    train_loss, train_top1 = scores(logits["train"], train.labels)
+    val_loss, val_top1 = scores(logits["val"], val.labels)
     row = {
         "C": c,
         "train_loss": train_loss,
@@ -87,11 +72,8 @@ def fit_probe(
         "val_top1": val_top1,
         "val_top1_by_C": {str(k): v for k, v in by_c.items()},
     }
-    if live_dir is not None and is_main():
-        from dvclive import Live
-
-        with Live(str(live_dir), save_dvc_exp=False, dvcyaml=None) as live:
+    with live_logger(live_dir) as live:
+        if live:
             live.log_param("C", c)
-            for name in ("train_loss", "train_top1", "val_loss", "val_top1"):
-                live.log_metric(name.replace("_", "/"), row[name], plot=False)
+            log_row(live, {k: v for k, v in row.items() if k != "C"}, step=False)
     return [row]
