@@ -126,10 +126,14 @@ class Dataplane:
         return [{"name": n, "version": "1", "state": "READY"} for n in self.models]
 
     async def infer(
-        self, model: ServedModel, request: InferRequest, alone: bool = False
+        self,
+        model: ServedModel,
+        request: InferRequest,
+        alone: bool = False,
+        may_skip_queue: bool = True,
     ) -> dict[str, np.ndarray]:
-        """The outputs `request` asks for (all without a list), in its order; `alone` as for
-        `run`."""
+        """The outputs `request` asks for (all without a list), in its order; `alone` and
+        `may_skip_queue` as for `run`."""
         name = model.backend.input_name
         unexpected = set(request.inputs) - {name}
         if unexpected or name not in request.inputs:
@@ -147,16 +151,22 @@ class Dataplane:
                 400,
                 f"model {model.name!r} has no output {sorted(unknown)[0]!r} (it has {out_name!r})",
             )
-        logits = await self.run(model, images, alone)
+        logits = await self.run(model, images, alone, may_skip_queue)
         return {n: logits for n in request.outputs or [out_name]}
 
-    async def run(self, model: ServedModel, images: np.ndarray, alone: bool = False) -> np.ndarray:
+    async def run(
+        self,
+        model: ServedModel,
+        images: np.ndarray,
+        alone: bool = False,
+        may_skip_queue: bool = True,
+    ) -> np.ndarray:
         """Check a batch of images against the model, queue it, and count it: the logits.
         `alone`: the transport has no other request under way. A request that is alone, with
         no other inference request in flight (any model, either transport) and none that had
-        company in the last `LONE_AFTER_S`, may skip the queue (`DynamicBatcher.infer`); the
-        memory keeps a load of a few clients, which can look alone between its requests,
-        batching."""
+        company in the last `LONE_AFTER_S`, skips the queue (`DynamicBatcher.infer`) if
+        `may_skip_queue`; the memory keeps a load of a few clients, which can look alone
+        between its requests, batching."""
         expected = model.input_shape
         if images.ndim != 4 or tuple(images.shape[1:]) != expected:
             raise ProtocolError(
@@ -177,7 +187,7 @@ class Dataplane:
             self.company_seen = start
         lone = start - self.company_seen > LONE_AFTER_S
         try:
-            result = await self.batchers[model.name].infer(images, lone)
+            result = await self.batchers[model.name].infer(images, lone and may_skip_queue)
         except Exception as e:
             stats.request(time.perf_counter() - start, ok=False)
             raise ProtocolError(500, f"the {model.kind} backend failed: {e}") from e

@@ -42,6 +42,13 @@ CODES = {
     501: grpc.StatusCode.UNIMPLEMENTED,
     503: grpc.StatusCode.UNAVAILABLE,
 }
+# Every this many ModelInfer calls that are alone, one queues instead of running in place. While
+# a call runs in place the event loop starts no other, and grpc.aio starts the calls that came
+# meanwhile one at a time after it, so each would find no other in flight and run in place in
+# turn: a multiplexing client would be served one call at a time. A queued call leaves the loop
+# free while it computes; the calls waiting are started, meet it in flight, and the dataplane's
+# memory of company then keeps them batching.
+QUEUE_EVERY = 8
 # the health probes, open without the API key as their HTTP routes are
 OPEN_METHODS = {"ServerLive", "ServerReady", "ModelReady"}
 # the typed contents field of each datatype; FP16 has none (it travels raw)
@@ -158,6 +165,8 @@ class Service(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     def __init__(self, plane: Dataplane) -> None:
         self.plane = plane
+        self.infer_calls = 0  # ModelInfer calls in flight
+        self.lone_calls = 0  # of which were alone, ever: every QUEUE_EVERY-th of them queues
 
     @_rpc
     async def ServerLive(self, request: Any, trusted: bool) -> Any:
@@ -202,7 +211,15 @@ class Service(service_pb2_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(self, request: Any, trusted: bool) -> Any:
         model = self.plane.model(request.model_name, request.model_version, trusted)
         parsed = parse_model_infer(request)
-        outputs = await self.plane.infer(model, parsed)
+        self.infer_calls += 1
+        alone = self.infer_calls == 1
+        self.lone_calls += alone
+        try:
+            outputs = await self.plane.infer(
+                model, parsed, alone, may_skip_queue=self.lone_calls % QUEUE_EVERY != 0
+            )
+        finally:
+            self.infer_calls -= 1
         return model_infer_response(model.name, parsed, outputs)
 
 

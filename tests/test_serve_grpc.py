@@ -5,6 +5,7 @@ client over gRPC."""
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 import json
 import signal
 import threading
@@ -20,6 +21,7 @@ from tritonclient.utils import InferenceServerException
 from pipeline.config import LoadConfig
 from pipeline.manifest import KINDS
 from serve import bench
+from serve.kserve_grpc import QUEUE_EVERY
 from serve.launch import ServerProcess
 from tests import test_serve
 from tests.test_serve import CLASSES, MAX_BATCH, PAYLOAD_LIMIT, SHAPE, _batch, _direct, _http
@@ -345,6 +347,40 @@ def test_http_and_grpc_requests_share_batches(model_dir):
                 }
                 rounds.append(new - {0})  # the pair's share of the batches that ran meanwhile
     assert rounds[-1] == {5}, f"the pair's images per batch, each round: {rounds}"
+
+
+def test_a_lone_grpc_client_runs_in_place_and_multiplexed_clients_still_batch(model_dir):
+    """A lone client's calls skip the queue, but for the first (its size not yet timed) and
+    every QUEUE_EVERY-th lone call. Four clients multiplexed on one channel are not served one
+    call at a time: grpc.aio starts the calls that came during an in-place run only after it,
+    each finding no other in flight, and the queued call is what lets them meet. A batch that
+    a busy machine slowed past the bound queues the next call of its size, so the counts leave
+    room for one or two."""
+    args = ["--model", _onnx(model_dir), "--threads", "1", "--max-queue-delay-us", "20000"]
+    x = _batch(1)
+    with ServerProcess([*args, "--grpc-port", "0"]) as s:
+        stub = _stub(s.grpc_url)
+        for _ in range(2 * QUEUE_EVERY):
+            np.testing.assert_allclose(
+                _logits(stub.ModelInfer(_request(x))), _direct(model_dir, x), atol=1e-5
+            )
+        lone = test_serve._in_place(s.url)
+        before = test_serve._batches(s.url)
+        served = test_serve._stats(s.url, "tiny-merged")["inference_count"]
+        stop = threading.Event()
+        send = functools.partial(stub.ModelInfer, _request(x))
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            clients = [pool.submit(test_serve._resend, send, stop) for _ in range(4)]
+            time.sleep(1.0)
+            stop.set()
+            concurrent.futures.wait(clients, timeout=60)
+        loaded = test_serve._in_place(s.url) - lone
+        after = test_serve._batches(s.url)
+        served = test_serve._stats(s.url, "tiny-merged")["inference_count"] - served
+    # 16 lone calls: the first and two QUEUE_EVERY-th queue
+    assert 2 * QUEUE_EVERY - 5 <= lone <= 2 * QUEUE_EVERY - 3, lone
+    shared = sum(n - before.get(size, 0) for size, n in after.items() if size > 1)
+    assert shared > 0 and loaded < 0.2 * served, f"{loaded} of {served} in place, {after}"
 
 
 def test_load_client_over_grpc_reports_percentiles_throughput_and_the_server_split(server):
