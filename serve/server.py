@@ -185,8 +185,8 @@ async def _repository_index(request: web.Request) -> web.Response:
 
 
 async def _within_body_timeout(request: web.Request, read: Callable[[], Awaitable[bytes]]) -> bytes:
-    """`await read()` of the body, bounded by --body-timeout; a body the server cannot
-    decompress is the client's error."""
+    """`await read()` of the body, bounded by --body-timeout while some of it is still to come;
+    a body the server cannot decompress is the client's error."""
     limit = request.app[STATE].cfg.body_timeout
     try:
         if request.content.is_eof():  # all of it has arrived: no timer to arm and cancel

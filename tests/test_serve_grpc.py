@@ -373,7 +373,10 @@ def test_a_lone_grpc_client_runs_in_place_and_multiplexed_clients_still_batch(mo
             clients = [pool.submit(test_serve._resend, send, stop) for _ in range(4)]
             time.sleep(1.0)
             stop.set()
-            concurrent.futures.wait(clients, timeout=60)
+            for client in clients:
+                np.testing.assert_allclose(
+                    _logits(client.result(timeout=60)), _direct(model_dir, x), atol=1e-5
+                )
         loaded = test_serve._in_place(s.url) - lone
         after = test_serve._batches(s.url)
         served = test_serve._stats(s.url, "tiny-merged")["inference_count"] - served

@@ -10,6 +10,7 @@ import threading
 import time
 from pathlib import Path
 
+import dvclive
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
@@ -63,8 +64,13 @@ def test_fit_learns_and_cleans_up(tmp_path, tiny_vit, glyph_data):
     assert (tmp_path / "live" / "plots" / "metrics" / "train" / "loss.tsv").is_file()
 
 
-def test_a_run_that_fails_keeps_its_log_and_checkpoint(tmp_path, tiny_vit, glyph_data):
+def test_a_run_that_fails_ends_its_log_and_the_next_resumes(
+    tmp_path, tiny_vit, glyph_data, monkeypatch
+):
     model = adapters.inject(tiny_vit(), "lora", rank=4)
+    ended = []
+    end = dvclive.Live.end
+    monkeypatch.setattr(dvclive.Live, "end", lambda live: (ended.append(1), end(live)))
 
     def fail_after_epoch_2(epoch: int) -> None:
         if epoch == 2:
@@ -72,11 +78,14 @@ def test_a_run_that_fails_keeps_its_log_and_checkpoint(tmp_path, tiny_vit, glyph
 
     with pytest.raises(RuntimeError, match="out of memory"):
         _fit_logged(model, glyph_data, tmp_path, epochs=4, on_epoch_end=fail_after_epoch_2)
+    assert ended == [1], "the failed run's log was ended"
     metrics = json.loads((tmp_path / "live" / "metrics.json").read_text())
     assert metrics["step"] == 1 and metrics["train"]["loss"] > 0, "both epochs are logged"
+    # the lock is free and the checkpoint kept: the next run resumes after epoch 2
+    history = _fit_logged(model, glyph_data, tmp_path, epochs=4)
+    assert [h["epoch"] for h in history] == [1, 2, 3, 4]
     loss = (tmp_path / "live" / "plots" / "metrics" / "train" / "loss.tsv").read_text()
-    assert len(loss.strip().splitlines()) == 3  # a header and the two epochs
-    assert (tmp_path / "ck").exists(), "the next run resumes from epoch 2"
+    assert len(loss.strip().splitlines()) == 5  # a header and the four epochs, each once
 
 
 def test_fit_refuses_a_model_with_nothing_to_train(tmp_path, tiny_vit, glyph_data):

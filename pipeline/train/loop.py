@@ -17,11 +17,12 @@ import contextlib
 import hashlib
 import json
 import math
+import numbers
 import random
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -33,6 +34,9 @@ from pipeline import PipelineError
 from pipeline.config import TrainConfig
 from pipeline.data import ImageSet, loader
 from pipeline.train import checkpoint, distributed
+
+if TYPE_CHECKING:  # imported where a run logs: dvclive is slow to import
+    from dvclive import Live
 
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -89,13 +93,14 @@ def predict(
     desc: str | None = None,
 ) -> torch.Tensor:
     """`forward(model, images)` (logits by default; float32, on CPU) for every image, in order,
-    in eval mode. `desc` shows a progress bar on a terminal."""
+    in eval mode. `desc` shows a progress bar on a terminal (rank 0's under torchrun)."""
     device = device or next(model.parameters()).device
     was_training = model.training
     model.eval()
     batches = loader(data, batch_size)
     if desc is not None:
-        batches = tqdm(batches, desc=desc, leave=False, disable=not sys.stderr.isatty())
+        shown = distributed.is_main() and sys.stderr.isatty()
+        batches = tqdm(batches, desc=desc, leave=False, disable=not shown)
     out = [forward(model, x.to(device)).float().cpu() for x, _ in batches]
     model.train(was_training)
     return torch.cat(out)
@@ -113,7 +118,7 @@ def evaluate(model: nn.Module, data: ImageSet, batch_size: int = 256) -> tuple[f
 
 
 @contextlib.contextmanager
-def live_logger(live_dir: str | Path | None) -> Iterator[Any]:
+def live_logger(live_dir: str | Path | None) -> Iterator[Live | None]:
     """dvclive's logger writing to `live_dir` on the main process; None elsewhere or without a
     folder. It ends (writing its summary) however the block ends."""
     if live_dir is None or not distributed.is_main():
@@ -125,12 +130,12 @@ def live_logger(live_dir: str | Path | None) -> Iterator[Any]:
         yield live
 
 
-def log_row(live: Any, row: dict[str, Any], step: bool = True) -> None:
+def log_row(live: Live, row: dict[str, Any], step: bool = True) -> None:
     """A history row's numbers as dvclive metrics (`train_loss` as `train/loss`), its epoch
     aside; `step` plots them as one step of the curves, else they are the run's summary."""
     for name, value in row.items():
-        if name != "epoch" and isinstance(value, int | float):
-            live.log_metric(name.replace("_", "/", 1), value, plot=step)
+        if name != "epoch" and isinstance(value, numbers.Real) and not isinstance(value, bool):
+            live.log_metric(name.replace("_", "/", 1), float(value), plot=step)
     if step:
         live.next_step()
 
