@@ -77,9 +77,11 @@ def test_few_iterations_still_time_three_windows():
 
 
 def _backend(tiny_vit, per_window: int) -> TorchBackend:
-    """A real tiny ViT whose every forward first sleeps as `_alternating` says."""
+    """A real tiny ViT whose every forward first sleeps as `_alternating` says, 1 ms and 100 ms:
+    on a loaded machine the forward itself can take tens of milliseconds, which would bring two
+    windows of 1 and 10 ms sleeps within 10 % of each other."""
     model = tiny_vit()
-    sleep = _alternating(per_window)
+    sleep = _alternating(per_window, long_s=0.1)
     model.register_forward_pre_hook(lambda module, args: sleep())
     return TorchBackend(model, device="cpu")
 
