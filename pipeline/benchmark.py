@@ -11,7 +11,7 @@ from pipeline.artifacts import deployables, load_task, load_torch_folder, merges
 from pipeline.config import Params
 from pipeline.data import to_tensor
 from pipeline.manifest import read_manifest
-from pipeline.runtime.latency import latency_rows, p50_ratios, warn_unstable
+from pipeline.runtime.latency import p50_ratios, timed_rows, warn_unstable
 from pipeline.runtime.open import open_backend
 from pipeline.runtime.pytorch import TorchBackend
 from pipeline.variants import Variant
@@ -28,18 +28,8 @@ def in_process(params: Params, variants: list[Variant]) -> list[dict]:
         backends = [TorchBackend(load_torch_folder(manifest.torch_folder)[0])]
         backends += [open_backend(a, f, cfg.threads) for a, f in manifest.timed().items()]
         for backend in backends:
-            rows += latency_rows(
-                backend,
-                images,
-                cfg.batch_sizes,
-                cfg.warmup,
-                cfg.iterations,
-                cfg.stability,
-                cfg.max_windows,
-                variant=name,
-                transport="in-process",
-                concurrency=1,
-                errors=0,
+            rows += timed_rows(
+                backend, images, cfg, variant=name, transport="in-process", concurrency=1, errors=0
             )
     warn_unstable(rows)
     return rows

@@ -162,11 +162,12 @@ class Dataplane:
         may_skip_queue: bool = True,
     ) -> np.ndarray:
         """Check a batch of images against the model, queue it, and count it: the logits.
-        `alone`: the transport has no other request under way. A request that is alone, with
-        no other inference request in flight (any model, either transport) and none that had
-        company in the last `LONE_AFTER_S`, skips the queue (`DynamicBatcher.infer`) if
-        `may_skip_queue`; the memory keeps a load of a few clients, which can look alone
-        between its requests, batching."""
+        `alone`: the transport knows of no other request under way (HTTP: no other connection
+        partway through one; gRPC passes True, since its calls are all in flight here). A request
+        that is alone, with no other inference request in flight (any model, either transport)
+        and none that had company in the last `LONE_AFTER_S`, skips the queue
+        (`DynamicBatcher.infer`) if `may_skip_queue`; the memory keeps a load of a few clients,
+        which can look alone between its requests, batching."""
         expected = model.input_shape
         if images.ndim != 4 or tuple(images.shape[1:]) != expected:
             raise ProtocolError(

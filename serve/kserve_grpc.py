@@ -165,8 +165,7 @@ class Service(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     def __init__(self, plane: Dataplane) -> None:
         self.plane = plane
-        self.infer_calls = 0  # ModelInfer calls in flight
-        self.lone_calls = 0  # of which were alone, ever: every QUEUE_EVERY-th of them queues
+        self.lone_calls = 0  # calls that found none in flight: every QUEUE_EVERY-th queues
 
     @_rpc
     async def ServerLive(self, request: Any, trusted: bool) -> Any:
@@ -211,15 +210,12 @@ class Service(service_pb2_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(self, request: Any, trusted: bool) -> Any:
         model = self.plane.model(request.model_name, request.model_version, trusted)
         parsed = parse_model_infer(request)
-        self.infer_calls += 1
-        alone = self.infer_calls == 1
-        self.lone_calls += alone
-        try:
-            outputs = await self.plane.infer(
-                model, parsed, alone, may_skip_queue=self.lone_calls % QUEUE_EVERY != 0
-            )
-        finally:
-            self.infer_calls -= 1
+        # nothing awaits before the dataplane counts this call in flight, so the count says
+        # whether another call (either transport) is under way: `alone` is the dataplane's to judge
+        self.lone_calls += self.plane.in_flight == 0
+        outputs = await self.plane.infer(
+            model, parsed, alone=True, may_skip_queue=self.lone_calls % QUEUE_EVERY != 0
+        )
         return model_infer_response(model.name, parsed, outputs)
 
 

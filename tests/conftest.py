@@ -7,12 +7,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from PIL import Image
 
-from pipeline import models
+from pipeline import models, paths
+from pipeline.config import parse_params
 from pipeline.data import ImageSet
 from pipeline.data.glyphs import generate
 
+ROOT = Path(__file__).resolve().parents[1]
 TINY = {"img_size": 16, "patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2}
 
 
@@ -71,3 +74,32 @@ def vtab_task():
         return folder
 
     return make
+
+
+@pytest.fixture
+def tiny_project(tmp_path, monkeypatch):
+    """A working folder with two saved tiny backbones and params to match."""
+    monkeypatch.chdir(tmp_path)
+    data = yaml.safe_load((ROOT / "params.yaml").read_text())
+    data["data"]["image_size"] = 16
+    data["backbone"] = {
+        "teacher": {
+            "arch": "vit_tiny_patch16_224",
+            "kwargs": {**TINY, "embed_dim": 48, "num_heads": 3, "depth": 4},
+        },
+        "student": {"arch": "vit_tiny_patch16_224", "kwargs": TINY},
+    }
+    data["train"].update(epochs=2, batch_size=32, variants=["teacher-lora", "student-lora"])
+    data["benchmark"]["serve"]["variants"] = ["student-lora"]  # of the variants trained here
+    data["distill"]["wecolora"]["recipe"] = {"epochs": 2, "batch_size": 32}
+    params = parse_params(data)
+    for role in ("teacher", "student"):
+        kwargs = params.backbone_kwargs(role)
+        models.save_model(
+            paths.BACKBONES / role,
+            models.create("vit_tiny_patch16_224", kwargs, 0),
+            "vit_tiny_patch16_224",
+            kwargs,
+            0,
+        )
+    return params

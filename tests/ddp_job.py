@@ -40,7 +40,8 @@ def main(argv: list[str]) -> None:
         model,
         data,
         data,
-        TrainConfig(epochs=2, batch_size=batch_size, lr=1e-2, warmup_epochs=1),
+        # moved images: each process moves its share of a batch as one process would
+        TrainConfig(epochs=2, batch_size=batch_size, lr=1e-2, warmup_epochs=1, shift=2),
         seed=3,
         checkpoint_dir=checkpoints,
         live_dir=out / f"live-{rank()}",

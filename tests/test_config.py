@@ -51,6 +51,8 @@ def test_project_params_are_valid():
         ({"adapters.dora": {}}, "unknown adapter method 'dora'"),
         ({"train.method_lr": {"linear": 0}}, "train.method_lr.linear: needs a known method"),
         ({"train.betas": [0.9]}, "train.betas must be two numbers"),
+        ({"train.shift": 16}, "train.shift (16) must be under half of data.image_size (32)"),
+        ({"train.shift": -1}, "train.shift must be >= 0"),
         ({"benchmark.batch_sizes": [0]}, "benchmark.batch_sizes must be >= 1"),
         ({"export.opset": 17}, "export.opset must be >= 18"),
         ({"distill.variants": ["student-lora-dino"]}, "unknown distillation 'dino'"),

@@ -13,11 +13,14 @@ from pipeline.data import (
     folders,
     glyphs,
     load_split,
+    loader,
     prepare,
+    reseed,
     save_split,
     to_tensor,
 )
 from pipeline.data.arrays import allocate, random_split, stratified_split
+from pipeline.data.transforms import translate
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -83,6 +86,46 @@ def test_to_tensor_normalises_to_unit_range():
     x = to_tensor(np.array([[[[0, 255, 128]]]], np.uint8))
     assert x.shape == (1, 3, 1, 1)
     assert x.flatten().tolist() == pytest.approx([-1.0, 1.0, 128 / 255 * 2 - 1], abs=1e-6)
+
+
+def test_translate_moves_the_image_and_blackens_what_it_uncovers():
+    image = np.arange(1, 17, dtype=np.uint8).reshape(4, 4, 1)
+    moved = translate(image, 1, -2)  # one down, two left
+    assert moved[1:, :2, 0].tolist() == image[:3, 2:, 0].tolist()
+    assert not moved[0].any() and not moved[:, 2:].any()
+    assert np.array_equal(translate(image, 0, 0), image)
+
+
+def _epoch(batches, seed: int) -> np.ndarray:
+    reseed(batches, seed)
+    return np.concatenate([x.numpy() for x, _ in batches])
+
+
+def test_shifted_batches_depend_on_the_pass_seed_alone_not_on_the_shards(glyph_data):
+    one = loader(glyph_data, 8, shuffle=True, shift=2)
+    x = _epoch(one, 5)
+    again = _epoch(loader(glyph_data, 8, shuffle=True, shift=2), 5)
+    assert np.array_equal(x, again), "a resumed pass moves each image as before"
+    assert not np.array_equal(x, _epoch(one, 6)), "another epoch, other moves"
+    shards = [loader(glyph_data, 8, shuffle=True, shard=(r, 2), shift=2) for r in (0, 1)]
+    parts = [_epoch(s, 5) for s in shards]
+    # rank r holds the r-th half of each batch of 8: interleave the halves back
+    halves = [np.split(p, len(p) // 4) for p in parts]
+    assert np.array_equal(np.concatenate([h for pair in zip(*halves) for h in pair]), x)
+    # each image is its original moved by at most 2 pixels, some by more than none
+    plain = _epoch(loader(glyph_data, 8, shuffle=True), 5)
+    raw = (plain.transpose(0, 2, 3, 1) * 127.5 + 127.5).round().astype(np.uint8)
+    moves = []
+    for got, image in zip(x, raw):
+        found = [
+            (dy, dx)
+            for dy in range(-2, 3)
+            for dx in range(-2, 3)
+            if np.allclose(to_tensor(translate(image, dy, dx)[None])[0].numpy(), got)
+        ]
+        assert found, "an image moved by more than the shift"
+        moves.append(found[0])
+    assert len(set(moves)) > 5
 
 
 def test_imageset_rejects_wrong_layout():

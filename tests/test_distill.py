@@ -11,16 +11,13 @@ import pytest
 import timm
 import torch
 import torch.nn.functional as F
-import yaml
 
-from pipeline import adapters, build, models, paths
+from pipeline import adapters, build, paths
 from pipeline.artifacts import load_variant
-from pipeline.config import parse_params
 from pipeline.data import to_tensor
 from pipeline.distill import idat, kd, losses, wecolora
 from pipeline.variants import parse_variant
 from tests.conftest import TINY
-from tests.test_config import ROOT
 
 
 def test_kl_logits_is_hinton_kd():
@@ -172,35 +169,6 @@ def test_few_shot_takes_floor_of_each_class(glyph_data):
     again = wecolora.few_shot(glyph_data, 0.3, seed=0)
     np.testing.assert_array_equal(shots.images, again.images)
     assert np.bincount(wecolora.few_shot(glyph_data, 0.001, seed=0).labels).tolist() == [1] * 4
-
-
-@pytest.fixture
-def tiny_project(tmp_path, monkeypatch, glyph_data):
-    """A working folder with two saved tiny backbones and params to match."""
-    monkeypatch.chdir(tmp_path)
-    data = yaml.safe_load((ROOT / "params.yaml").read_text())
-    data["data"]["image_size"] = 16
-    data["backbone"] = {
-        "teacher": {
-            "arch": "vit_tiny_patch16_224",
-            "kwargs": {**TINY, "embed_dim": 48, "num_heads": 3, "depth": 4},
-        },
-        "student": {"arch": "vit_tiny_patch16_224", "kwargs": TINY},
-    }
-    data["train"].update(epochs=2, batch_size=32, variants=["teacher-lora", "student-lora"])
-    data["benchmark"]["serve"]["variants"] = ["student-lora"]  # of the variants trained here
-    data["distill"]["wecolora"]["recipe"] = {"epochs": 2, "batch_size": 32}
-    params = parse_params(data)
-    for role in ("teacher", "student"):
-        kwargs = params.backbone_kwargs(role)
-        models.save_model(
-            paths.BACKBONES / role,
-            models.create("vit_tiny_patch16_224", kwargs, 0),
-            "vit_tiny_patch16_224",
-            kwargs,
-            0,
-        )
-    return params
 
 
 @pytest.mark.parametrize(

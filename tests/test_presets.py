@@ -31,6 +31,7 @@ ARC_RECIPE = {
     "train.min_lr_ratio": 0.0,
     "train.grad_clip": 1.0,
     "train.method_lr": {},
+    "train.shift": 0,  # no augmentation
 }
 VTAB = {"data.source": "vtab", "data.image_size": 224, "data.train_size": 800}
 # the settings each preset must carry (METHODS.md's official ones)
@@ -71,6 +72,7 @@ OFFICIAL = {
         "train.warmup_epochs": 10,
         "train.batch_size": 64,
         "train.grad_clip": 0.0,
+        "train.shift": 0,
         "backbone.teacher": {"arch": VIT_B, "weights": "timm"},  # the larger: iDAT's student
         "backbone.student": {"arch": "vit_small_patch16_224.augreg_in21k", "weights": "timm"},
         "distill.variants": ["student-adapter-idat", "student-arc-idat"],
@@ -97,6 +99,7 @@ OFFICIAL = {
                 "weight_decay": 0.05,
                 "min_lr_ratio": 0.0,
                 "grad_clip": 0.0,
+                "shift": 0,
             },
         }
         for r in (2, 3)
@@ -111,6 +114,7 @@ OFFICIAL = {
         "continual.recipe.epochs": 35,
         "continual.recipe.lr": 1e-3,
         "continual.recipe.batch_size": 64,
+        "continual.recipe.shift": 0,
         "continual.alpha": 0.5,
         "continual.temperature": 2.0,
         "continual.coda.components": 100,

@@ -88,6 +88,25 @@ def test_a_run_that_fails_ends_its_log_and_the_next_resumes(
     assert len(loss.strip().splitlines()) == 5  # a header and the four epochs, each once
 
 
+def test_a_log_that_cannot_end_does_not_hide_why_the_run_failed(
+    tmp_path, tiny_vit, glyph_data, monkeypatch, capsys
+):
+    def disk_full(live: dvclive.Live) -> None:
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(dvclive.Live, "end", disk_full)
+
+    def fail(epoch: int) -> None:
+        raise RuntimeError("out of memory")
+
+    model = adapters.inject(tiny_vit(), "lora", rank=4)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        _fit_logged(model, glyph_data, tmp_path, epochs=2, on_epoch_end=fail)
+    assert "could not be ended: No space left on device" in capsys.readouterr().out
+    with pytest.raises(OSError, match="No space left"):  # a run that succeeds reports it
+        _fit_logged(model, glyph_data, tmp_path, epochs=2)
+
+
 def test_fit_refuses_a_model_with_nothing_to_train(tmp_path, tiny_vit, glyph_data):
     model = tiny_vit().requires_grad_(False)
     with pytest.raises(PipelineError, match="no trainable parameters"):

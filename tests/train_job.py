@@ -24,7 +24,8 @@ def main() -> None:
     torch.manual_seed(0)  # the frozen backbone is random here: the same in every process
     model = models.create("vit_tiny_patch16_224", TINY, 4)
     adapters.inject(model, "lora", rank=2, dropout=0.1)  # dropout: RNG state must resume too
-    cfg = TrainConfig(epochs=4, batch_size=16, lr=1e-2, warmup_epochs=1)
+    # moved images: a resumed epoch must move each image as the unbroken run did
+    cfg = TrainConfig(epochs=4, batch_size=16, lr=1e-2, warmup_epochs=1, shift=2)
     fit(
         model,
         data,

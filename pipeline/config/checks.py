@@ -42,6 +42,11 @@ def check(params: Params) -> None:
         )
     if len(params.train.betas) != 2 or not all(0 <= b < 1 for b in params.train.betas):
         raise ConfigError(f"train.betas must be two numbers in [0, 1), got {params.train.betas}")
+    if 2 * params.train.shift >= params.data.image_size:
+        raise ConfigError(
+            f"train.shift ({params.train.shift}) must be under half of data.image_size "
+            f"({params.data.image_size}), or an image could move out of sight"
+        )
     _check_training_bench(params.benchmark.training)
     if not params.benchmark.batch_sizes or min(params.benchmark.batch_sizes) < 1:
         raise ConfigError(f"benchmark.batch_sizes must be >= 1, got {params.benchmark.batch_sizes}")

@@ -135,6 +135,9 @@ class TrainConfig(Section):
     min_lr_ratio: Annotated[Float, _fraction] = 0.0
     betas: list[Float] = [0.9, 0.999]
     grad_clip: Annotated[Float, _non_negative] = 1.0  # 0 disables clipping
+    # each training image moved by up to this many pixels each way per epoch, the uncovered
+    # border black (random translation); 0: the images as they are
+    shift: Annotated[int, _non_negative] = 0
     amp: bool = True  # autocast on CUDA only; ignored on CPU
     num_workers: Annotated[int, _non_negative] = 0
     # processes per training stage (one per GPU; gloo on CPU), started by pipeline.launch

@@ -20,7 +20,7 @@ from pipeline.export.onnx import export_onnx
 from pipeline.io import digest
 from pipeline.manifest import KINDS
 from pipeline.runtime import run_batched
-from pipeline.runtime.latency import latency_rows, p50_ratios, warn_unstable
+from pipeline.runtime.latency import p50_ratios, timed_rows, warn_unstable
 from pipeline.runtime.ort import OnnxRuntimeBackend
 from pipeline.runtime.parity import parity, require_equal, top1
 from pipeline.runtime.pytorch import TorchBackend
@@ -113,16 +113,7 @@ def latency(params: Params, deployed: dict[str, torch.nn.Module], test: ImageSet
     for name, model in {PLAIN: plain, **deployed}.items():
         onnx_file = paths.CONTINUAL / (name if name == PLAIN else f"{name}-cdl") / ONNX_FILE
         for backend in (TorchBackend(model), OnnxRuntimeBackend(onnx_file, cfg.threads)):
-            rows += latency_rows(
-                backend,
-                images,
-                cfg.batch_sizes,
-                cfg.warmup,
-                cfg.iterations,
-                cfg.stability,
-                cfg.max_windows,
-                model=name,
-            )
+            rows += timed_rows(backend, images, cfg, model=name)
     warn_unstable(rows)
     ratios = p50_ratios(
         rows,

@@ -31,17 +31,33 @@ def to_tensor(
     return (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
 
 
-class _Images(Dataset):
-    """Normalises lazily, so a large split (VTAB at 224) never sits in memory as float."""
+def translate(image: np.ndarray, dy: int, dx: int) -> np.ndarray:
+    """`image` (H, W, C) moved `dy` pixels down and `dx` right; the border it uncovers is black."""
+    h, w = image.shape[:2]
+    out = np.zeros_like(image)
+    out[max(dy, 0) : h + min(dy, 0), max(dx, 0) : w + min(dx, 0)] = image[
+        max(-dy, 0) : h - max(dy, 0), max(-dx, 0) : w - max(dx, 0)
+    ]
+    return out
 
-    def __init__(self, data: ImageSet) -> None:
-        self.data = data
+
+class _Images(Dataset):
+    """Normalises lazily, so a large split (VTAB at 224) never sits in memory as float. With
+    `shift`, each image moves by up to that many pixels each way, drawn from (`pass_seed`, its
+    index): the same move whatever the processes or workers, and again on a resumed pass."""
+
+    def __init__(self, data: ImageSet, shift: int = 0) -> None:
+        self.data, self.shift, self.pass_seed = data, shift, 0
 
     def __len__(self) -> int:
         return len(self.data)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        return to_tensor(self.data.images[i : i + 1])[0], int(self.data.labels[i])
+        image = self.data.images[i]
+        if self.shift:
+            rng = np.random.default_rng((self.pass_seed % 2**63, i))
+            image = translate(image, *rng.integers(-self.shift, self.shift + 1, 2))
+        return to_tensor(image[None])[0], int(self.data.labels[i])
 
 
 class _Shard(Sampler[list[int]]):
@@ -73,14 +89,16 @@ def loader(
     seed: int = 0,
     num_workers: int = 0,
     shard: tuple[int, int] = (0, 1),
+    shift: int = 0,
 ) -> DataLoader:
-    """A DataLoader whose shuffling is seeded (re-seed `.generator` per epoch to resume exactly).
+    """A DataLoader whose shuffling is seeded (`reseed` it per epoch to resume exactly), its
+    images moved at random by up to `shift` pixels each way (0: as they are).
 
     With `shard=(rank, world)` it yields rank's slice of each batch of `batch_size`: every rank
     draws the same seeded order, so the slices of all ranks together are the one-process batches.
     """
     gen = torch.Generator().manual_seed(seed) if shuffle else None
-    dataset = _Images(data)
+    dataset = _Images(data, shift)
     sampler = RandomSampler(dataset, generator=gen) if shuffle else SequentialSampler(dataset)
     batches = BatchSampler(sampler, batch_size, drop_last=False)
     return DataLoader(
@@ -91,3 +109,9 @@ def loader(
         num_workers=num_workers,
         pin_memory=torch.cuda.is_available(),
     )
+
+
+def reseed(batches: DataLoader, seed: int) -> None:
+    """Seed the next pass of a shuffled `loader`: its order and its images' moves."""
+    batches.generator.manual_seed(seed)
+    batches.dataset.pass_seed = seed

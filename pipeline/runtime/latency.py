@@ -7,12 +7,16 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
 
 import numpy as np
 import psutil
 import torch
 
 from pipeline.runtime.base import Backend
+
+if TYPE_CHECKING:
+    from pipeline.config import BenchmarkConfig
 
 # serve.bench's (perf_analyzer's) rule, in process: the last this many windows must agree
 AGREEING_WINDOWS = 3
@@ -158,6 +162,23 @@ def latency_rows(
             f"  p99 {stats['p99_ms']:8.3f} ms  {stats['throughput']:9.1f} img/s{flag(stats)}"
         )
     return rows
+
+
+def timed_rows(
+    backend: Backend, images: np.ndarray, cfg: BenchmarkConfig, **fields: object
+) -> list[dict]:
+    """`latency_rows` of `backend` under the benchmark's settings: its batch sizes, warm-up,
+    calls and stability rule."""
+    return latency_rows(
+        backend,
+        images,
+        cfg.batch_sizes,
+        cfg.warmup,
+        cfg.iterations,
+        cfg.stability,
+        cfg.max_windows,
+        **fields,
+    )
 
 
 def _name(row: dict) -> str:

@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 from pipeline import PipelineError
 from pipeline.config import TrainConfig
-from pipeline.data import ImageSet, loader
+from pipeline.data import ImageSet, loader, reseed
 from pipeline.train import checkpoint, distributed
 
 if TYPE_CHECKING:  # imported where a run logs: dvclive is slow to import
@@ -120,14 +120,23 @@ def evaluate(model: nn.Module, data: ImageSet, batch_size: int = 256) -> tuple[f
 @contextlib.contextmanager
 def live_logger(live_dir: str | Path | None) -> Iterator[Live | None]:
     """dvclive's logger writing to `live_dir` on the main process; None elsewhere or without a
-    folder. It ends (writing its summary) however the block ends."""
+    folder. It ends (writing its summary) however the block ends; if the block raised, a failure
+    to end the log is printed and the block's error raised."""
     if live_dir is None or not distributed.is_main():
         yield None
         return
     from dvclive import Live
 
-    with Live(str(live_dir), save_dvc_exp=False, dvcyaml=None) as live:
+    live = Live(str(live_dir), save_dvc_exp=False, dvcyaml=None)
+    try:
         yield live
+    except BaseException:
+        try:
+            live.end()
+        except Exception as e:  # the run's own error is the one to raise
+            tqdm.write(f"the log in {live_dir} could not be ended: {e}")
+        raise
+    live.end()
 
 
 def log_row(live: Live, row: dict[str, Any], step: bool = True) -> None:
@@ -272,6 +281,7 @@ def fit(
             seed=seed,
             num_workers=cfg.num_workers,
             shard=(rank, world),
+            shift=cfg.shift,
         )
         steps_per_epoch = len(data)
         total = cfg.epochs * steps_per_epoch
@@ -284,7 +294,7 @@ def fit(
             streams = torch.random.fork_rng(devices=[device] if device.type == "cuda" else [])
         with streams:
             for epoch in range(start, cfg.epochs):
-                data.generator.manual_seed(seed * 100_003 + epoch)
+                reseed(data, seed * 100_003 + epoch)
                 if world > 1:
                     torch.manual_seed((seed * 100_003 + epoch) * world + rank)
                 model.train()
