@@ -24,10 +24,11 @@ from pipeline import PipelineError, adapters, build, paths
 from pipeline.artifacts import load_task
 from pipeline.cli import run_stage
 from pipeline.config import Params, load_params
-from pipeline.config.loading import override
+from pipeline.config.checks import check_shift
+from pipeline.config.loading import key_value, override
 from pipeline.data import ImageSet
 from pipeline.io import write_json
-from pipeline.train import evaluate, fit, seed_everything
+from pipeline.train import fit, seed_everything
 from pipeline.variants import parse_variant
 
 
@@ -35,10 +36,8 @@ def parse_recipe(text: str) -> dict[str, Any]:
     """`epochs=40,shift=1` -> {"epochs": 40, "shift": 1} (values read as YAML)."""
     changes = {}
     for part in filter(None, text.split(",")):
-        key, sep, value = part.partition("=")
-        if not sep or not key.strip():
-            raise PipelineError(f"--recipe {text!r}: expected KEY=VALUE[,KEY=VALUE...]")
-        changes[key.strip()] = yaml.safe_load(value)
+        key, value = key_value(part, "--recipe")
+        changes[key] = yaml.safe_load(value)
     return changes
 
 
@@ -57,7 +56,9 @@ def cross_validate(
         raise PipelineError(
             f"{name}: only a variant that trains adapters alone takes a training recipe here"
         )
-    recipe = build.recipe(params, variant.method, override(params.train, changes, "--recipe"))
+    cfg = override(params.train, changes, "--recipe")
+    check_shift(cfg, params.data.image_size, "--recipe")
+    recipe = build.recipe(params, variant.method, cfg)
     splits = StratifiedKFold(folds, shuffle=True, random_state=seed)
     scores = []
     with tempfile.TemporaryDirectory() as scratch:
@@ -66,7 +67,7 @@ def cross_validate(
             model = build.adapted(
                 params, paths.BACKBONES / variant.role, variant.method, len(pool.classes)
             )
-            fit(
+            history = fit(
                 model,
                 pool.subset(train),
                 pool.subset(held),
@@ -75,7 +76,7 @@ def cross_validate(
                 checkpoint_dir=Path(scratch) / f"fold{i}",
                 desc=f"{name} fold {i + 1}/{folds}",
             )
-            scores.append(evaluate(model, pool.subset(held))[1])
+            scores.append(history[-1]["val_top1"])  # fit's last epoch scored the held fold
     return scores
 
 

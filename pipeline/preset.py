@@ -28,7 +28,7 @@ import yaml
 from pydantic import BaseModel
 
 from pipeline.cli import run_stage
-from pipeline.config import ConfigError, Params, parse_params
+from pipeline.config import ConfigError, Params, key_value, parse_params
 
 DATA_FOLDERS = {  # data.source: what --data names, and how it looks
     "vtab": ("VTAB-1K task folder", "e.g. vtab-1k/dtd: train800val200.txt, test.txt"),
@@ -132,13 +132,6 @@ def read_yaml(path: str | Path, what: str) -> dict[str, Any]:
     return data
 
 
-def _pair(text: str, option: str) -> tuple[str, str]:
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise ConfigError(f"{option}: expected KEY=VALUE, got {text!r}")
-    return key, value
-
-
 def resolve(
     preset: str | Path,
     *,
@@ -154,7 +147,7 @@ def resolve(
     """
     tree = read_yaml(preset, "preset")
     for text in sets:
-        key, value = _pair(text, "--set")
+        key, value = key_value(text, "--set")
         try:
             set_dotted(tree, key, yaml.safe_load(value))
         except yaml.YAMLError:
@@ -164,7 +157,7 @@ def resolve(
         set_dotted(target, "data.path", str(Path(data).resolve()))
     roles = target.get("backbone") if isinstance(target.get("backbone"), dict) else {}
     for text in weights:
-        role, path = _pair(text, "--weights")
+        role, path = key_value(text, "--weights")
         if not isinstance(roles.get(role), dict):
             raise ConfigError(
                 f"--weights: role '{role}' has no backbone in {preset} "

@@ -53,6 +53,14 @@ def test_project_params_are_valid():
         ({"train.betas": [0.9]}, "train.betas must be two numbers"),
         ({"train.shift": 16}, "train.shift (16) must be under half of data.image_size (32)"),
         ({"train.shift": -1}, "train.shift must be >= 0"),
+        (
+            {"continual.recipe": {"shift": 16}},
+            "continual.recipe.shift (16) must be under half of data.image_size (32)",
+        ),
+        (
+            {"distill.wecolora.recipe": {"shift": 20}},
+            "distill.wecolora.recipe.shift (20) must be under half of data.image_size (32)",
+        ),
         ({"benchmark.batch_sizes": [0]}, "benchmark.batch_sizes must be >= 1"),
         ({"export.opset": 17}, "export.opset must be >= 18"),
         ({"distill.variants": ["student-lora-dino"]}, "unknown distillation 'dino'"),

@@ -19,7 +19,7 @@ def test_recipes_read_as_yaml_and_a_malformed_one_is_named():
         "shift": 1,
         "lr": 0.001,
     }
-    with pytest.raises(PipelineError, match="--recipe 'epochs': expected KEY=VALUE"):
+    with pytest.raises(PipelineError, match="--recipe: expected KEY=VALUE, got 'epochs'"):
         recipe_cv.parse_recipe("epochs")
 
 
@@ -38,6 +38,9 @@ def test_bad_recipes_and_variants_are_refused(tiny_project):
     pool = generate(num_classes=4, samples_per_class=6, image_size=16, seed=0)
     with pytest.raises(ConfigError, match=r"--recipe\.shift must be >= 0"):
         recipe_cv.cross_validate(tiny_project, "student-lora", {"shift": -1}, pool, 2)
+    size = tiny_project.data.image_size
+    with pytest.raises(ConfigError, match=rf"--recipe\.shift \({size // 2}\) must be under half"):
+        recipe_cv.cross_validate(tiny_project, "student-lora", {"shift": size // 2}, pool, 2)
     with pytest.raises(PipelineError, match="student-linear: only a variant that trains adapters"):
         recipe_cv.cross_validate(tiny_project, "student-linear", {}, pool, 2)
 

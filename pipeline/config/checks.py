@@ -42,11 +42,7 @@ def check(params: Params) -> None:
         )
     if len(params.train.betas) != 2 or not all(0 <= b < 1 for b in params.train.betas):
         raise ConfigError(f"train.betas must be two numbers in [0, 1), got {params.train.betas}")
-    if 2 * params.train.shift >= params.data.image_size:
-        raise ConfigError(
-            f"train.shift ({params.train.shift}) must be under half of data.image_size "
-            f"({params.data.image_size}), or an image could move out of sight"
-        )
+    check_shift(params.train, params.data.image_size, "train")
     _check_training_bench(params.benchmark.training)
     if not params.benchmark.batch_sizes or min(params.benchmark.batch_sizes) < 1:
         raise ConfigError(f"benchmark.batch_sizes must be >= 1, got {params.benchmark.batch_sizes}")
@@ -68,10 +64,21 @@ def check(params: Params) -> None:
             "train.variants (it is trained first)"
         )
     wecolora = override(params.train, params.distill.wecolora.recipe, "distill.wecolora.recipe")
-    override(params.train, params.continual.recipe, "continual.recipe")
+    check_shift(wecolora, params.data.image_size, "distill.wecolora.recipe")
+    continual = override(params.train, params.continual.recipe, "continual.recipe")
+    check_shift(continual, params.data.image_size, "continual.recipe")
     _check_shares(params, wecolora)
     _check_serving(params)
     _check_class_order(params.continual.class_order)
+
+
+def check_shift(cfg: TrainConfig, image_size: int, key: str) -> None:
+    """A training recipe's shift (`key`: where it was set) against data.image_size."""
+    if 2 * cfg.shift >= image_size:
+        raise ConfigError(
+            f"{key}.shift ({cfg.shift}) must be under half of data.image_size "
+            f"({image_size}), or an image could move out of sight"
+        )
 
 
 def _check_serving(params: Params) -> None:

@@ -73,6 +73,14 @@ def validate(cls: type[M], data: Any, prefix: str) -> M:
         raise ConfigError(_message(cls, error, prefix)) from None
 
 
+def key_value(text: str, option: str) -> tuple[str, str]:
+    """`KEY=VALUE` split at its first `=` (a ConfigError naming `option` otherwise)."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"{option}: expected KEY=VALUE, got {text!r}")
+    return key, value
+
+
 def override(base: TrainConfig, changes: dict[str, Any], key: str) -> TrainConfig:
     """`base` with `changes` applied, validated like params.yaml itself (errors name `key`)."""
     return validate(TrainConfig, {**base.model_dump(), **changes}, key)
