@@ -13,6 +13,7 @@ import time
 
 import grpc
 import numpy as np
+import psutil
 import pytest
 import tritonclient.grpc as triton
 from tritonclient.grpc import service_pb2, service_pb2_grpc
@@ -415,6 +416,40 @@ def test_load_client_over_grpc_reports_percentiles_throughput_and_the_server_spl
     )
     assert refused[0]["requests"] == 0 and refused[0]["errors"] > 10
     assert refused[0]["windows"] == 3 and not refused[0]["stable"]
+
+
+def test_grpc_load_shares_a_connection_among_six_clients_as_perf_analyzer_does(server):
+    port = int(server.grpc_url.rsplit(":", 1)[1])
+    process = psutil.Process(server.process.pid)
+    cfg = LoadConfig(concurrency=[13], window_ms=300, max_windows=3, warmup_s=0.3, protocol="grpc")
+
+    def clients() -> set[tuple]:
+        """The far ends of the server's established connections on its gRPC port."""
+        return {
+            tuple(c.raddr)
+            for c in process.net_connections(kind="tcp")
+            if c.laddr.port == port and c.status == psutil.CONN_ESTABLISHED
+        }
+
+    earlier = clients()  # other tests' clients may still hold theirs
+    seen: set[tuple] = set()
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            seen.update(clients() - earlier)
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        (row,) = bench.load(server.grpc_url, ["tiny-merged"], cfg)
+    finally:
+        done.set()
+        watcher.join()
+    assert row["errors"] == 0 and row["requests"] > 0
+    # 13 clients over 3 load channels, beside the one for metadata and statistics
+    assert len(seen) == 3 + 1, seen
 
 
 def test_load_over_grpc_ends_with_the_error_when_its_server_dies(model_dir):
